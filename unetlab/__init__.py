@@ -1,0 +1,60 @@
+"""unetlab: from the textbook UNet to the Stable Diffusion UNet.
+
+Everything is importable from the top level (``unetlab.SimpleUNet``, ``unetlab.SDUNet``,
+``unetlab.trace_shapes`` …); the names are loaded lazily so that ``import unetlab``
+stays fast and a chapter only pays for what it uses.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # chapter 1: the textbook UNet (seed 003 §19.3, bugs fixed)
+    "SimpleUNet": "unetlab.simple_unet",
+    "TimeEmbedding": "unetlab.simple_unet",
+    "ResBlock": "unetlab.simple_unet",
+    "DownBlock": "unetlab.simple_unet",
+    "UpBlock": "unetlab.simple_unet",
+    # attention (seed 003 §19.4 and the SD transformer blocks)
+    "SelfAttention": "unetlab.attention",
+    "AttnResBlock": "unetlab.attention",
+    "Attention": "unetlab.attention",
+    "GEGLU": "unetlab.attention",
+    "FeedForward": "unetlab.attention",
+    "BasicTransformerBlock": "unetlab.attention",
+    "Transformer2DModel": "unetlab.attention",
+    # shape tracing
+    "trace_shapes": "unetlab.tracing",
+    "ShapeTrace": "unetlab.tracing",
+    # timestep embeddings
+    "sinusoidal_embedding": "unetlab.embeddings",
+    # the Stable Diffusion UNet
+    "SDUNet": "unetlab.sd.unet",
+    "UNetConfig": "unetlab.configs",
+    "count_params": "unetlab.sd.count",
+    "load_sd_unet": "unetlab.sd.load",
+    # attention capture
+    "capture_attention": "unetlab.capture",
+}
+
+_SUBMODULES = {"configs", "homework", "data", "schedule", "samplers", "train", "tracing", "sd", "plots", "text", "capture"}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'unetlab' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(_EXPORTS) + list(_SUBMODULES) + ["__version__"])
+
+
+__all__ = list(_EXPORTS)

@@ -1,0 +1,1 @@
+"""Plot helpers, one module per topic (``denoise``, ``embedding``, ``attention``, ...)."""

@@ -1,0 +1,1 @@
+"""The Stable Diffusion UNet, written from scratch with diffusers-compatible parameter names."""
