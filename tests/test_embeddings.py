@@ -1,0 +1,85 @@
+"""The shared sinusoidal timestep embedding against diffusers and against seed 003's printed formula."""
+import math
+
+import pytest
+import torch
+from diffusers.models.embeddings import get_timestep_embedding
+
+from unetlab.embeddings import sinusoidal_embedding
+
+TIMESTEPS = torch.tensor([0, 1, 2, 10, 99, 500, 981, 999])
+
+
+def seed003_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Seed 003 §19.3 ``TimeEmbedding.forward`` before its MLP, as printed."""
+    half_dim = dim // 2
+    emb = torch.log(torch.tensor(10000.0)) / (half_dim - 1)
+    emb = torch.exp(torch.arange(half_dim, device=t.device) * -emb)
+    emb = t[:, None] * emb[None, :]
+    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=-1)
+    return emb
+
+
+@pytest.mark.parametrize(
+    "dim, flip, shift",
+    [
+        (320, True, 0),  # Stable Diffusion 1.x / 2.x: Timesteps(320, True, 0)
+        (256, True, 0),  # SDXL's add_time_proj
+        (64, False, 1),  # seed 003 / DDPM
+        (128, False, 0),
+        (32, True, 1),
+        (7, True, 0),  # odd: one zero column padded at the end
+        (33, False, 1),
+    ],
+)
+def test_matches_diffusers(dim, flip, shift):
+    ours = sinusoidal_embedding(TIMESTEPS, dim, flip_sin_to_cos=flip, downscale_freq_shift=shift)
+    ref = get_timestep_embedding(TIMESTEPS, dim, flip_sin_to_cos=flip, downscale_freq_shift=shift)
+    assert ours.shape == ref.shape == (len(TIMESTEPS), dim)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+
+
+def test_matches_diffusers_scale_max_period_and_fractional_t():
+    t = torch.tensor([0.0, 0.5, 12.25, 999.0])
+    ours = sinusoidal_embedding(t, 64, flip_sin_to_cos=True, downscale_freq_shift=0, max_period=100, scale=2.0)
+    ref = get_timestep_embedding(t, 64, flip_sin_to_cos=True, downscale_freq_shift=0, max_period=100, scale=2.0)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dim", [8, 64, 320])
+def test_seed003_formula_is_flip_false_shift_one(dim):
+    ours = sinusoidal_embedding(TIMESTEPS, dim, flip_sin_to_cos=False, downscale_freq_shift=1)
+    torch.testing.assert_close(ours, seed003_embedding(TIMESTEPS, dim), rtol=1e-5, atol=1e-4)
+
+
+def test_seed003_and_sd_differ_but_share_the_first_frequency():
+    seed = sinusoidal_embedding(TIMESTEPS, 320, flip_sin_to_cos=False, downscale_freq_shift=1)
+    sd = sinusoidal_embedding(TIMESTEPS, 320, flip_sin_to_cos=True, downscale_freq_shift=0)
+    assert (seed - sd).abs().max() > 1.0
+    # undo SD's flip: [cos | sin] -> [sin | cos]; only frequency i = 0 (= 1 in both) lines up
+    sd_unflipped = torch.cat([sd[:, 160:], sd[:, :160]], dim=-1)
+    same = (seed - sd_unflipped).abs().amax(dim=0) < 1e-5
+    assert same.nonzero().flatten().tolist() == [0, 160]
+
+
+def test_frequencies_and_norm():
+    dim = 320
+    emb = sinusoidal_embedding(torch.arange(1000), dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+    # every row is [cos(w t) | sin(w t)], so its length is sqrt(half) for every t
+    torch.testing.assert_close(emb.norm(dim=1), torch.full((1000,), math.sqrt(dim // 2)))
+    # column 160 + i at t = 1 is sin(w_i), w_i = 10000 ** (-i / 160)
+    w = 10000.0 ** (-torch.arange(160) / 160)
+    torch.testing.assert_close(emb[1, 160:], torch.sin(w))
+
+
+def test_shape_dtype_and_device():
+    emb = sinusoidal_embedding(torch.tensor([3, 4], dtype=torch.int64), 16)
+    assert emb.shape == (2, 16) and emb.dtype == torch.float32
+    meta = sinusoidal_embedding(torch.zeros(5, device="meta"), 320, flip_sin_to_cos=True, downscale_freq_shift=0)
+    assert meta.shape == (5, 320) and meta.device.type == "meta"
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(2, 3), torch.tensor(5)])
+def test_timesteps_must_be_one_dimensional(bad):
+    with pytest.raises(ValueError, match=r"shape \(B,\)"):
+        sinusoidal_embedding(bad, 320)
