@@ -79,12 +79,12 @@ def diffusers_config(config: Any) -> dict:
     diffusers kwargs, or a model that has a ``.config`` (diffusers' UNet or :class:`SDUNet`).
     """
     if isinstance(config, str):
-        from unetlab import configs
+        from unetlab.configs import get_config
 
-        presets = getattr(configs, "PRESETS", {})
-        if config.lower() not in presets:
-            raise ValueError(f"unknown config name {config!r}; expected one of {sorted(presets)}")
-        config = presets[config.lower()]
+        try:
+            config = get_config(config)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
     if hasattr(config, "to_diffusers"):
         return dict(config.to_diffusers())
     if isinstance(config, Mapping):
