@@ -36,6 +36,12 @@ _EXPORTS = {
     "UNetConfig": "unetlab.configs",
     "count_params": "unetlab.sd.count",
     "load_sd_unet": "unetlab.sd.load",
+    "component_params": "unetlab.sd.count",
+    "find_local_weights": "unetlab.sd.load",
+    "default_device": "unetlab.sd.load",
+    "block_table": "unetlab.sd.tables",
+    "skip_table": "unetlab.sd.tables",
+    "io_table": "unetlab.sd.tables",
     # attention capture
     "capture_attention": "unetlab.capture",
 }
