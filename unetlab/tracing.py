@@ -212,15 +212,14 @@ def _spec_output(output) -> tuple[str, list[tuple[int, ...]]]:
     return _spec(output)
 
 
-def _make_filter(filter) -> Callable[[TraceRow], bool]:
+def _make_filter(filter, module_types: dict[int, type]) -> Callable[[TraceRow], bool]:
     if filter is None:
         return lambda row: True
     if isinstance(filter, str):
         return lambda row: fnmatch.fnmatchcase(row.path, filter) or fnmatch.fnmatchcase(row.cls, filter)
     if isinstance(filter, type) or (isinstance(filter, tuple) and filter and all(isinstance(f, type) for f in filter)):
         classes = filter if isinstance(filter, tuple) else (filter,)
-        names = {c.__name__ for c in classes}
-        return lambda row: row.cls in names
+        return lambda row: issubclass(module_types[row.index], classes)
     if callable(filter):
         return filter
     raise TypeError(
@@ -235,8 +234,8 @@ def trace_shapes(model: nn.Module, *inputs, depth: int | None = None, filter=Non
 
     ``depth``: keep only modules at most this deep (the model is depth 0, ``down1`` depth 1,
     ``down1.res`` depth 2, ...). ``filter``: keep only rows that match: a glob pattern on the
-    module path or class name (``"up1.*"``, ``"ResBlock"``), a module class (or tuple of
-    classes), or a function ``TraceRow -> bool``. Neither changes what is run or how
+    module path or class name (``"up1.*"``, ``"ResBlock"``), a module class or tuple of
+    classes (``isinstance``), or a function ``TraceRow -> bool``. Neither changes what is run or how
     ``failed_module`` is found: every module is hooked, then rows are selected.
 
     If the forward raises, the exception is kept in ``.error`` and the innermost running
@@ -249,7 +248,8 @@ def trace_shapes(model: nn.Module, *inputs, depth: int | None = None, filter=Non
         raise TypeError(f"trace_shapes needs an nn.Module, got {type(model).__name__}")
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
         raise ValueError(f"depth must be None or an int >= 0, got {depth!r}")
-    keep = _make_filter(filter)
+    module_types: dict[int, type] = {}  # row index -> class of the module it traced
+    keep = _make_filter(filter, module_types)
 
     rows: list[TraceRow] = []
     open_rows: dict[int, list[TraceRow]] = {}  # id(module) -> rows of its calls still running
@@ -267,6 +267,7 @@ def trace_shapes(model: nn.Module, *inputs, depth: int | None = None, filter=Non
                        depth=0 if path == "" else path.count(".") + 1, call=calls[key],
                        input_shapes=shapes, inputs=text, params=own, params_total=total)
         rows.append(row)
+        module_types[row.index] = type(module)
         open_rows.setdefault(key, []).append(row)
 
     def post_hook(module, args, kw, output):
