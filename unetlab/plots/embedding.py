@@ -92,7 +92,7 @@ def plot_embedding_columns(emb, timesteps, columns: Sequence[int], *, title: str
     ax.set_xlabel("timestep t")
     ax.set_ylabel("value")
     ax.set_ylim(-1.1, 1.1)
-    ax.legend(loc="upper right", fontsize=8, ncol=min(len(columns), 4))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     if title:
         ax.set_title(title)
     fig.tight_layout()
