@@ -83,3 +83,53 @@ def test_shape_dtype_and_device():
 def test_timesteps_must_be_one_dimensional(bad):
     with pytest.raises(ValueError, match=r"shape \(B,\)"):
         sinusoidal_embedding(bad, 320)
+
+
+# ---------- chapter 4's plot helpers (unetlab.plots.embedding) ----------
+
+def test_embedding_frequencies_are_the_embeddings_frequencies():
+    from unetlab.plots.embedding import embedding_frequencies
+
+    for shift, flip in ((0, True), (1, False)):
+        w = embedding_frequencies(320, downscale_freq_shift=shift)
+        assert w.shape == (160,) and w[0] == 1.0
+        # a fractional t keeps every angle below pi/2, where asin inverts sin
+        emb = sinusoidal_embedding(torch.tensor([0.5]), 320, flip_sin_to_cos=flip, downscale_freq_shift=shift)
+        sin_half = emb[0, 160:] if flip else emb[0, :160]
+        torch.testing.assert_close(torch.asin(sin_half) / 0.5, w, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="dim"):
+        embedding_frequencies(3, downscale_freq_shift=0)
+
+
+def test_plot_helpers_return_figures_and_check_shapes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from unetlab.plots import embedding as P
+
+    t = torch.arange(0, 100, 10)
+    emb = sinusoidal_embedding(t, 16, flip_sin_to_cos=True, downscale_freq_shift=0)
+    unit = torch.nn.functional.normalize(emb, dim=1)
+    sim = unit @ unit.T
+    figs = [
+        P.plot_embedding_heatmap(emb, t),
+        P.plot_embedding_columns(emb, t, [0, 8]),
+        P.plot_frequencies({"a": P.embedding_frequencies(16, 0), "b": P.embedding_frequencies(16, 1)}),
+        P.plot_similarity_matrix(sim, t),
+        P.plot_similarity_profile(t, {"sim(0, t)": sim[0]}),
+        P.plot_clean_estimates(torch.zeros(3, 3, 8, 8), torch.ones(3, 3, 8, 8), [1, 2, 3], clean=torch.zeros(3, 8, 8)),
+    ]
+    assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
+    assert len(figs[2].axes) == 3  # two variants of the same width: frequencies, periods, ratio
+    assert len(figs[5].axes) == 2 * 4
+    with pytest.raises(ValueError, match="timesteps"):
+        P.plot_embedding_heatmap(emb, t[:-1])
+    with pytest.raises(ValueError, match="shape"):
+        P.plot_similarity_matrix(sim[:-1], t)
+    with pytest.raises(ValueError, match="column"):
+        P.plot_embedding_columns(emb, t, [16])
+    with pytest.raises(ValueError, match="channels"):
+        P.plot_clean_estimates(torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 8), [5])
+    plt.close("all")
