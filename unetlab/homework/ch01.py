@@ -124,17 +124,14 @@ def _typical_wrong_shares(base_channels: int, use_skips: bool) -> list[tuple[dic
             c = base_channels
             seed_like.up1 = UpBlock(2 * c, c, 4 * c, skip_channels=c)
         wrong.append((_shares(seed_like),
-                      "这是种子代码里 up1 的参数量（ResBlock 按 128 个输入通道构建）；修正后的 up1 要接收 64 + 128 = 192 个通道。",
-                      "These are the shares with the seed's up1 (a ResBlock built for 128 input channels); the fixed "
-                      "up1 receives 64 + 128 = 192 channels."))
+                      f"这是种子代码里 up1 的参数量（ResBlock 按 {2 * c} 个输入通道构建）；"
+                      f"修正后的 up1 要接收 {c} + {2 * c} = {3 * c} 个通道。",
+                      f"These are the shares with the seed's up1 (a ResBlock built for {2 * c} input channels); the fixed "
+                      f"up1 receives {c} + {2 * c} = {3 * c} channels."))
         wrong.append((param_share_truth(base_channels, use_skips=False),
                       "这是没有跳跃连接的模型（use_skips=False）的占比；请用 SimpleUNet() 默认的 use_skips=True。",
                       "These are the shares of the model without skip connections (use_skips=False); use "
                       "SimpleUNet()'s default use_skips=True."))
-    wrong.append((_shares(_meta_model(base_channels, use_skips), lambda p: p.numel() if p.ndim > 1 else 0),
-                  "你好像只数了权重矩阵/卷积核，漏掉了偏置（bias）和 GroupNorm 的参数。用 p.numel() 数每一个参数。",
-                  "It looks like you counted only weight matrices / kernels, leaving out biases and GroupNorm's "
-                  "parameters. Count every parameter with p.numel()."))
     return wrong
 
 
