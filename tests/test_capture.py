@@ -1,0 +1,360 @@
+"""capture_attention: outputs unchanged, what is recorded, filters, clean-up, and the map helpers."""
+import re
+
+import pytest
+import torch
+
+from unetlab import SDUNet
+from unetlab.attention import Attention, SelfAttention, Transformer2DModel, attention_backend
+from unetlab.capture import (
+    AttentionStore,
+    aggregate_maps,
+    attention_layers,
+    capture_attention,
+    short_layer_name,
+    upsample_maps,
+)
+from unetlab.configs import SD15, TINY, TINY_21, TINY_XL
+
+
+def _inputs(cfg, batch=2, h=16, w=16, tokens=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch, cfg.in_channels, h, w, generator=g)
+    context = torch.randn(batch, tokens, cfg.cross_attention_dim, generator=g)
+    added = None
+    if cfg.addition_embed_type == "text_time":
+        width = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        added = {"text_embeds": torch.randn(batch, width, generator=g), "time_ids": torch.rand(batch, 6, generator=g) * 64}
+    return sample, context, added
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return SDUNet(TINY).eval()
+
+
+def _no_hooks_left(model):
+    for m in model.modules():
+        if isinstance(m, Attention):
+            assert not m._probs_hooks
+        if isinstance(m, (Transformer2DModel, SelfAttention)):
+            assert not m._forward_pre_hooks
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs unchanged
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "cfg, kind", [(TINY, "cross"), (TINY, "self"), (TINY, "both"), (TINY_21, "both"), (TINY_XL, "both")],
+    ids=["tiny-cross", "tiny-self", "tiny-both", "tiny21-both", "tinyxl-both"],
+)
+def test_outputs_unchanged(cfg, kind):
+    torch.manual_seed(0)
+    model = SDUNet(cfg).eval()
+    sample, context, added = _inputs(cfg)
+    with torch.no_grad():
+        plain = model(sample, 500, context, added)
+        with attention_backend("explicit"):
+            explicit = model(sample, 500, context, added)
+        with capture_attention(model, kind) as store:
+            captured = model(sample, 500, context, added)
+    assert len(store) > 0
+    # the hooked layers take the explicit path: bit-equal to it, and equal to SDPA up to rounding
+    if kind == "both":
+        assert torch.equal(captured, explicit)
+    torch.testing.assert_close(captured, plain, rtol=1e-5, atol=1e-5)
+    _no_hooks_left(model)
+
+
+@pytest.mark.slow
+def test_outputs_unchanged_sd15_full_size():
+    torch.manual_seed(0)
+    model = SDUNet(SD15).eval()
+    sample, context, _ = _inputs(SD15, batch=1, h=8, w=8, tokens=77)
+    with torch.no_grad():
+        plain = model(sample, 999, context)
+        with capture_attention(model, "both") as store:
+            captured = model(sample, 999, context)
+    torch.testing.assert_close(captured, plain, rtol=1e-4, atol=1e-5)
+    # SD 1.5: 16 transformer blocks, each one self- and one cross-attention
+    assert len(store.select(kind="self")) == 16 and len(store.select(kind="cross")) == 16
+    assert {r.heads for r in store} == {8}
+    assert store.sizes == [(8, 8), (4, 4), (2, 2), (1, 1)]
+
+
+def test_outputs_unchanged_with_grad(tiny):
+    sample, context, _ = _inputs(TINY)
+    sample.requires_grad_(True)
+    with capture_attention(tiny, "cross") as store:
+        out = tiny(sample, 10, context)
+    out.square().mean().backward()
+    assert sample.grad is not None and not any(r.probs.requires_grad for r in store)
+
+
+# ---------------------------------------------------------------------------------------------
+# what is recorded
+# ---------------------------------------------------------------------------------------------
+def test_records_shapes_sizes_and_rows_sum_to_one(tiny):
+    # an odd latent: grids are 9x7, 5x4, 3x2, 2x1 (stride-2 convs round up)
+    sample, context, _ = _inputs(TINY, batch=2, h=9, w=7, tokens=5)
+    with torch.no_grad(), capture_attention(tiny, "both") as store:
+        tiny(sample, 3, context)
+    layers = attention_layers(tiny)
+    assert store.layers == list(layers)
+    assert store.sizes == [(9, 7), (5, 4), (3, 2), (2, 1)]
+    for r in store:
+        h, w = r.size
+        n_keys = 5 if r.kind == "cross" else h * w
+        assert r.kind == layers[r.layer]
+        assert r.probs.shape == (2, TINY.num_attention_heads[0], h * w, n_keys)
+        assert r.probs.dtype == torch.float32 and r.probs.device.type == "cpu"
+        torch.testing.assert_close(r.probs.sum(-1), torch.ones(2, r.heads, h * w))
+        assert (r.probs >= 0).all()
+        assert r.call == 0 and r.step == 0
+
+
+def test_probs_are_the_softmax_of_the_layer(tiny):
+    sample, context, _ = _inputs(TINY, tokens=4)
+    layer = "down_blocks.1.attentions.0.transformer_blocks.0.attn2"
+    attn = tiny.get_submodule(layer)
+    seen = {}
+    handle = attn.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    try:
+        with torch.no_grad(), capture_attention(tiny, layers=layer) as store:
+            tiny(sample, 3, context)
+    finally:
+        handle.remove()
+    (record,) = store.records
+    q = attn.to_q(seen["x"]).view(2, -1, attn.heads, attn.dim_head).transpose(1, 2)
+    k = attn.to_k(context).view(2, -1, attn.heads, attn.dim_head).transpose(1, 2)
+    expected = (q @ k.transpose(-1, -2) * attn.dim_head**-0.5).softmax(-1)
+    torch.testing.assert_close(record.probs, expected.detach())
+
+
+def test_steps_calls_and_per_step_maps(tiny):
+    sample, context, _ = _inputs(TINY, tokens=6)
+    with torch.no_grad(), capture_attention(tiny, "cross") as store:
+        for t in (900, 500, 100):
+            store.step = torch.tensor(t)
+            tiny(sample, t, context)
+    assert store.steps == [900, 500, 100]
+    assert {r.call for r in store} == {0, 1, 2}
+    maps = store.maps_for_token(2, per_step=True)
+    m = maps["mid_block.attentions.0.transformer_blocks.0.attn2"]
+    assert m.shape == (2, 3, 2, 2)
+    # the mean over steps equals per_step averaged; a step filter picks one call
+    mean = store.maps_for_token(2)
+    for layer in maps:
+        torch.testing.assert_close(maps[layer].mean(1), mean[layer])
+    only = store.maps_for_token(2, steps=500)
+    for layer in maps:
+        torch.testing.assert_close(only[layer], maps[layer][:, 1])
+    # without labels the step is the call index
+    with torch.no_grad(), capture_attention(tiny, "cross", layers="mid_block*") as store2:
+        tiny(sample, 1, context)
+        tiny(sample, 2, context)
+    assert store2.steps == [0, 1]
+
+
+def test_maps_for_token_and_query_match_the_probabilities(tiny):
+    sample, context, _ = _inputs(TINY, h=8, w=8, tokens=6)
+    with torch.no_grad(), capture_attention(tiny, "both") as store:
+        tiny(sample, 7, context)
+    layer = "up_blocks.3.attentions.1.transformer_blocks.0.attn2"
+    rec = store.select(layers=layer)[0]
+    maps = store.maps_for_token(4)
+    torch.testing.assert_close(maps[layer], rec.probs[..., 4].mean(1).reshape(2, 8, 8))
+    words = store.maps_for_token([1, 2], heads="all")
+    torch.testing.assert_close(words[layer], (rec.probs[..., 1] + rec.probs[..., 2]).reshape(2, 4, 8, 8))
+    assert store.maps_for_token(1, heads=3)[layer].shape == (2, 8, 8)
+
+    self_layer = layer.replace("attn2", "attn1")
+    srec = store.select(layers=self_layer)[0]
+    qmaps = store.maps_for_query(2, 5, layers="up_blocks.3*")
+    torch.testing.assert_close(qmaps[self_layer], srec.probs[:, :, 2 * 8 + 5].mean(1).reshape(2, 8, 8))
+    # a query's map is one row of probabilities: it sums to 1
+    torch.testing.assert_close(qmaps[self_layer].sum((-1, -2)), torch.ones(2))
+    rel = store.maps_for_query(0.5, 0.5, relative=True)
+    assert {tuple(m.shape[-2:]) for m in rel.values()} == {(8, 8), (4, 4), (2, 2), (1, 1)}
+    with pytest.raises(ValueError, match="outside"):
+        store.maps_for_query(6, 6)  # fits 8x8 but not 4x4
+    with pytest.raises(ValueError, match="out of range"):
+        store.maps_for_token(6)
+    with pytest.raises(ValueError, match="token"):
+        store.maps_for_token("circle")
+
+
+def test_aggregate_and_by_resolution(tiny):
+    sample, context, _ = _inputs(TINY, h=8, w=8, tokens=6)
+    with torch.no_grad(), capture_attention(tiny, "cross") as store:
+        tiny(sample, 7, context)
+    maps = store.maps_for_token(3)
+    agg = store.aggregate(token=3)
+    assert agg.shape == (2, 8, 8)
+    torch.testing.assert_close(agg, torch.stack([upsample_maps(m, (8, 8)) for m in maps.values()]).mean(0))
+    big = store.aggregate(token=3, size=(32, 32), normalize=True)
+    assert big.shape == (2, 32, 32)
+    torch.testing.assert_close(big.amax((-1, -2)), torch.ones(2))
+    torch.testing.assert_close(big.amin((-1, -2)), torch.zeros(2))
+    groups = store.by_resolution(maps)
+    assert list(groups) == [(8, 8), (4, 4), (2, 2), (1, 1)]
+    eight = [m for m in maps.values() if m.shape[-1] == 8]
+    torch.testing.assert_close(groups[(8, 8)], torch.stack(eight).mean(0))
+    # a 1x1 map upsampled is constant; a map already at size is unchanged
+    torch.testing.assert_close(upsample_maps(torch.full((1, 1), 0.3), (4, 4)), torch.full((4, 4), 0.3))
+    torch.testing.assert_close(aggregate_maps([eight[0]]), eight[0])
+    with pytest.raises(ValueError, match="exactly one"):
+        store.aggregate()
+    with pytest.raises(ValueError, match="no self-attention records"):
+        store.aggregate(query=(0.5, 0.5))
+
+
+def test_summary_and_short_names(tiny):
+    sample, context, _ = _inputs(TINY, h=8, w=8)
+    with torch.no_grad(), capture_attention(tiny, "cross", layers="up_blocks.1*") as store:
+        tiny(sample, 7, context)
+    text = store.summary()
+    assert text.splitlines()[0].split() == ["layer", "kind", "grid", "heads", "keys", "calls"]
+    assert len(text.splitlines()) == 2 + 3
+    assert short_layer_name("down_blocks.1.attentions.0.transformer_blocks.0.attn2") == "down1.0.attn2"
+    assert short_layer_name("mid_block.attentions.0.transformer_blocks.0.attn1") == "mid.0.attn1"
+    assert short_layer_name("up_blocks.0.attentions.2.transformer_blocks.3.attn1") == "up0.2.t3.attn1"
+    assert short_layer_name("attn") == "attn"
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing what to record
+# ---------------------------------------------------------------------------------------------
+def test_layer_filters(tiny):
+    sample, context, _ = _inputs(TINY, h=8, w=8)
+    all_cross = [p for p, k in attention_layers(tiny).items() if k == "cross"]
+    cases = {
+        "up_blocks.*": [p for p in all_cross if p.startswith("up_blocks.")],
+        re.compile(r"^down_blocks\.[01]\."): [p for p in all_cross if p.startswith(("down_blocks.0.", "down_blocks.1."))],
+        (lambda p: "mid" in p): [p for p in all_cross if "mid" in p],
+        ("mid_block*", "down_blocks.2.*"): [p for p in all_cross if p.startswith(("mid_block", "down_blocks.2."))],
+    }
+    for layers, expected in cases.items():
+        with torch.no_grad(), capture_attention(tiny, "cross", layers=layers) as store:
+            tiny(sample, 7, context)
+        assert store.layers == expected
+        assert list(store.hooked) == expected
+
+
+def test_layer_filter_that_matches_nothing_raises(tiny):
+    with pytest.raises(ValueError, match=r"matches none.*down_blocks\.0\.attentions\.0\.transformer_blocks\.0\.attn2"):
+        with capture_attention(tiny, "cross", layers="attn2"):  # a glob without '*': matches no full path
+            pass
+    # a self-attention path asked for with kind="cross"
+    with pytest.raises(ValueError, match="matches none"):
+        with capture_attention(tiny, "cross", layers="*attn1"):
+            pass
+    with pytest.raises(TypeError, match="layers must be"):
+        with capture_attention(tiny, layers=3):
+            pass
+    with pytest.raises(ValueError, match="empty"):
+        with capture_attention(tiny, layers=[]):
+            pass
+    _no_hooks_left(tiny)
+
+
+def test_bad_arguments(tiny):
+    with pytest.raises(ValueError, match="kind"):
+        with capture_attention(tiny, "crossattention"):
+            pass
+    with pytest.raises(ValueError, match="max_resolution"):
+        with capture_attention(tiny, "self", max_resolution=0):
+            pass
+    with pytest.raises(TypeError, match="dtype"):
+        with capture_attention(tiny, dtype=torch.int64):
+            pass
+    with pytest.raises(ValueError, match="no attention layers"):
+        with capture_attention(torch.nn.Linear(2, 2)):
+            pass
+    with pytest.raises(TypeError, match="nn.Module"):
+        with capture_attention("unet"):
+            pass
+    with pytest.raises(ValueError, match="no cross-attention layers"):
+        with capture_attention(SelfAttention(8), "cross"):
+            pass
+
+
+def test_max_resolution_skips_large_self_attention_only(tiny):
+    sample, context, _ = _inputs(TINY, h=16, w=16)
+    for limit in (8 * 8, (8, 8)):
+        with torch.no_grad(), capture_attention(tiny, "both", max_resolution=limit) as store:
+            tiny(sample, 7, context)
+        assert {r.size for r in store.select(kind="self")} == {(8, 8), (4, 4), (2, 2)}
+        assert {r.size for r in store.select(kind="cross")} == {(16, 16), (8, 8), (4, 4), (2, 2)}
+
+
+def test_average_heads_batch_dtype(tiny):
+    sample, context, _ = _inputs(TINY, batch=3, h=8, w=8)
+    with torch.no_grad(), capture_attention(tiny, "cross") as full:
+        tiny(sample, 7, context)
+    with torch.no_grad(), capture_attention(tiny, "cross", average_heads=True, batch=1, dtype=torch.float16) as small:
+        tiny(sample, 7, context)
+    for a, b in zip(full, small):
+        assert b.probs.shape == (1, 1, a.num_queries, a.num_keys) and b.probs.dtype == torch.float16
+        torch.testing.assert_close(b.probs.float(), a.probs[1:2].mean(1, keepdim=True), atol=1e-3, rtol=1e-3)
+    with torch.no_grad(), capture_attention(tiny, "cross", batch=slice(0, 2), dtype=None) as two:
+        tiny(sample, 7, context)
+    assert {r.probs.shape[0] for r in two} == {2}
+
+
+def test_hooks_removed_after_an_exception(tiny):
+    sample, context, _ = _inputs(TINY, h=8, w=8)
+    with pytest.raises(RuntimeError, match="boom"):
+        with torch.no_grad(), capture_attention(tiny, "both") as store:
+            tiny(sample, 7, context)
+            raise RuntimeError("boom")
+    _no_hooks_left(tiny)
+    n = len(store)
+    with torch.no_grad():
+        tiny(sample, 7, context)
+    assert len(store) == n  # nothing recorded any more
+    # an error inside the model's forward (wrong context width) also leaves no hooks behind
+    with pytest.raises(ValueError):
+        with torch.no_grad(), capture_attention(tiny, "both"):
+            tiny(sample, 7, torch.randn(2, 7, 5))
+    _no_hooks_left(tiny)
+
+
+def test_two_captures_and_a_shared_store(tiny):
+    sample, context, _ = _inputs(TINY, h=8, w=8)
+    store = AttentionStore()
+    with torch.no_grad(), capture_attention(tiny, "cross", store=store):
+        with capture_attention(tiny, "self", max_resolution=16, store=store):
+            tiny(sample, 7, context)
+    assert {r.kind for r in store} == {"self", "cross"}
+    assert {r.size for r in store.select(kind="self")} == {(4, 4), (2, 2), (1, 1)}
+    _no_hooks_left(tiny)
+
+
+# ---------------------------------------------------------------------------------------------
+# seed 003's SelfAttention and a standalone Attention
+# ---------------------------------------------------------------------------------------------
+def test_seed003_self_attention_is_recorded_without_touching_its_output():
+    torch.manual_seed(0)
+    block = SelfAttention(16).eval()
+    x = torch.randn(2, 16, 5, 6)
+    with torch.no_grad():
+        plain = block(x)
+        with capture_attention(block, "self") as store:
+            out = block(x)
+    assert torch.equal(out, plain)
+    (rec,) = store.records
+    assert rec.layer == "" and rec.size == (5, 6) and rec.probs.shape == (2, 1, 30, 30)
+    torch.testing.assert_close(rec.probs.sum(-1), torch.ones(2, 1, 30))
+    assert store.maps_for_query(4, 5)[""].shape == (2, 5, 6)
+    _no_hooks_left(block)
+
+
+def test_standalone_attention_gets_a_square_or_flat_grid():
+    torch.manual_seed(0)
+    attn = Attention(16, cross_attention_dim=8, heads=2, dim_head=8)
+    with torch.no_grad(), capture_attention(attn) as store:
+        attn(torch.randn(1, 9, 16), torch.randn(1, 3, 8))
+        attn(torch.randn(1, 6, 16), torch.randn(1, 3, 8))
+    assert [r.size for r in store] == [(3, 3), (1, 6)]
