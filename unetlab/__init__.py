@@ -22,6 +22,7 @@ _EXPORTS = {
     "SelfAttention": "unetlab.attention",
     "AttnResBlock": "unetlab.attention",
     "Attention": "unetlab.attention",
+    "attention_backend": "unetlab.attention",
     "GEGLU": "unetlab.attention",
     "FeedForward": "unetlab.attention",
     "BasicTransformerBlock": "unetlab.attention",
@@ -34,6 +35,7 @@ _EXPORTS = {
     # the Stable Diffusion UNet
     "SDUNet": "unetlab.sd.unet",
     "UNetConfig": "unetlab.configs",
+    "get_config": "unetlab.configs",
     "count_params": "unetlab.sd.count",
     "load_sd_unet": "unetlab.sd.load",
     "component_params": "unetlab.sd.count",
