@@ -10,9 +10,11 @@ because of the learner's answer:
 * ``check_skip_channels(fn)``: a function ``fn(config)`` that returns, for every up-block
   ResNet, the channels it concatenates: ``(hidden, skip)``.
 
-The truth is never typed in: parameter counts come from ``unetlab.sd.count``, shapes and
-concatenations from a forward pass of ``SDUNet`` on the meta device (shapes only, instant),
-recorded with forward hooks. ``shape_truth`` and ``skip_channel_truth`` expose that truth.
+The truth is never typed in: parameter counts come from ``unetlab.sd.count.component_params``,
+shapes from ``trace_shapes`` of ``SDUNet(SD15)`` on the meta device (shapes only, no memory), the
+concatenations from ``unetlab.sd.tables.skip_table`` (the same kind of trace).
+``sd_shape_truth`` and ``skip_channel_truth`` expose that truth; ``SD_SHAPE_POINTS`` lists the
+points of exercise 2.B (names prefixed ``SD_`` so they don't clash with chapter 1's).
 """
 from __future__ import annotations
 
@@ -26,9 +28,9 @@ import torch
 from .feedback import Check, Feedback, describe_exception, run_checks
 
 __all__ = [
-    "SHAPE_POINTS",
-    "SHAPE_LATENT_SIZE",
-    "shape_truth",
+    "SD_SHAPE_POINTS",
+    "SD_SHAPE_LATENT",
+    "sd_shape_truth",
     "skip_channel_truth",
     "check_component_shares",
     "check_shape_predictions",
@@ -36,11 +38,11 @@ __all__ = [
 ]
 
 # The latent side length of the shape exercise (a 768×768 image through SD's VAE: 768 / 8).
-SHAPE_LATENT_SIZE = 96
+SD_SHAPE_LATENT = 96
 
 # The named points of the shape exercise: "<module> input" or "<module> output", module names
 # as in SDUNet / diffusers; "time_emb" is the timestep embedding that reaches every ResNet.
-SHAPE_POINTS = (
+SD_SHAPE_POINTS = (
     "conv_in output",
     "time_emb",
     "down_blocks.0 output",
@@ -90,7 +92,7 @@ def _parse_point(point):
     return m.group(1).replace(" ", "."), m.group(2)
 
 
-def shape_truth(size: int = SHAPE_LATENT_SIZE, points=SHAPE_POINTS) -> dict[str, tuple[int, ...]]:
+def sd_shape_truth(size: int = SD_SHAPE_LATENT, points=SD_SHAPE_POINTS) -> dict[str, tuple[int, ...]]:
     """The traced shape at each named point of SD 1.5's UNet for a ``size``×``size`` latent.
 
     A point is ``"<module> input"`` (its first tensor argument, the hidden state),
@@ -144,6 +146,23 @@ def _component_counts() -> dict[str, int]:
     return {k: int(counts[name]) for k, name in _COMPONENT_NAMES.items()}
 
 
+def _number(value) -> float | None:
+    """A finite float from an int, a float, a numpy scalar or a one-element tensor; else None."""
+    if isinstance(value, bool):
+        return None
+    if torch.is_tensor(value):
+        if value.numel() != 1 or value.is_complex():
+            return None
+        value = value.item()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(value, str) or not math.isfinite(number):
+        return None
+    return number
+
+
 def check_component_shares(answer) -> Feedback:
     """Check ``{"clip": share, "vae": share, "unet": share}``: fractions of all SD 1.5 parameters.
 
@@ -171,15 +190,14 @@ def check_component_shares(answer) -> Feedback:
             if not isinstance(answer, dict) or key not in answer:
                 return Check(f"{key} 的占比", f"share of {key}", False,
                              hint_zh=f"缺少键 '{key}'。", hint_en=f"The key '{key}' is missing.")
-            got = answer[key]
-            if isinstance(got, bool) or not isinstance(got, (int, float)) and not (
-                torch.is_tensor(got) and got.numel() == 1
-            ):
+            got = _number(answer[key])
+            if got is None:
+                shown = repr(answer[key])[:60]
                 return Check(f"{key} 的占比", f"share of {key}", False,
-                             detail_zh=f"收到 {type(got).__name__}", detail_en=f"got a {type(got).__name__}",
-                             hint_zh="占比是一个数 (float)。", hint_en="A share is one number (a float).")
-            got = float(got)
-            ok = math.isfinite(got) and abs(got - truth[key]) <= tol
+                             detail_zh=f"收到 {shown}", detail_en=f"got {shown}",
+                             hint_zh="占比是一个有限的数 (float)，例如 0.25。",
+                             hint_en="A share is one finite number (a float), e.g. 0.25.")
+            ok = abs(got - truth[key]) <= tol
             hint_zh = hint_en = ""
             if not ok:
                 if got > 1 and abs(got / 100 - truth[key]) <= 0.01:
@@ -204,7 +222,7 @@ def check_component_shares(answer) -> Feedback:
         return step
 
     def sums_to_one():
-        total_share = sum(float(answer[k]) for k in COMPONENTS)
+        total_share = sum(_number(answer[k]) for k in COMPONENTS)
         ok = abs(total_share - 1.0) <= 3 * tol
         return Check("三个占比之和为 1", "the three shares add up to 1", ok,
                      detail_zh=f"之和 = {total_share:.4f}", detail_en=f"sum = {total_share:.4f}",
@@ -212,7 +230,7 @@ def check_component_shares(answer) -> Feedback:
                      hint_en="The three components are all the parameters: their shares must add up to 1.")
 
     steps = [is_dict] + [one(k) for k in COMPONENTS]
-    if isinstance(answer, dict) and all(k in answer for k in COMPONENTS):
+    if isinstance(answer, dict) and all(k in answer and _number(answer[k]) is not None for k in COMPONENTS):
         steps.append(sums_to_one)
     return run_checks(*title, steps)
 
@@ -268,13 +286,13 @@ def _shape_hint(point: str, got: tuple[int, ...], want: tuple[int, ...], size: i
 
 
 def check_shape_predictions(predictions) -> Feedback:
-    """Check ``{point: shape}`` for the points in ``SHAPE_POINTS`` (SD 1.5, 96×96 latent, batch 1).
+    """Check ``{point: shape}`` for the points in ``SD_SHAPE_POINTS`` (SD 1.5, 96×96 latent, batch 1).
 
     Point names may also be written with a space, e.g. ``"up_blocks.2 resnets.0 input"``.
     """
-    title = (f"练习 2.B 预测 {SHAPE_LATENT_SIZE}×{SHAPE_LATENT_SIZE} 潜空间表示的形状",
-             f"Exercise 2.B: predict the shapes for a {SHAPE_LATENT_SIZE}x{SHAPE_LATENT_SIZE} latent")
-    truth = shape_truth(SHAPE_LATENT_SIZE)
+    title = (f"练习 2.B 预测 {SD_SHAPE_LATENT}×{SD_SHAPE_LATENT} 潜空间表示的形状",
+             f"Exercise 2.B: predict the shapes for a {SD_SHAPE_LATENT}x{SD_SHAPE_LATENT} latent")
+    truth = sd_shape_truth(SD_SHAPE_LATENT)
     if not isinstance(predictions, dict):
         return run_checks(*title, [lambda: Check(
             "答案是字典 {位置: 形状}", "the answer is a dict {point: shape}", False,
@@ -301,13 +319,13 @@ def check_shape_predictions(predictions) -> Feedback:
                              hint_zh="形状写成整数元组，例如 (1, 320, 96, 96)。",
                              hint_en="Write a shape as a tuple of ints, e.g. (1, 320, 96, 96).")
             ok = got == want
-            hint = ("", "") if ok else _shape_hint(point, got, want, SHAPE_LATENT_SIZE)
+            hint = ("", "") if ok else _shape_hint(point, got, want, SD_SHAPE_LATENT)
             return Check(*what, ok, detail_zh=f"你的答案 {got}", detail_en=f"your answer {got}",
                          hint_zh=hint[0], hint_en=hint[1])
         step.__name__ = point
         return step
 
-    return run_checks(*title, [one(p) for p in SHAPE_POINTS])
+    return run_checks(*title, [one(p) for p in SD_SHAPE_POINTS])
 
 
 # ---------------------------------------------------------------------------------------------
