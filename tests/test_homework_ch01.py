@@ -200,7 +200,7 @@ def test_layer_shapes_seed_concat_mistake():
         (None, "keys of SHAPE_POINTS"),
         ([(2, 256)], "keys of SHAPE_POINTS"),
         ({}, "exactly those of SHAPE_POINTS"),
-        ({p: None for p in SHAPE_POINTS}, "tuple of ints"),
+        ({p: None for p in SHAPE_POINTS}, "Replace each None"),
         ({p: "2x256" for p in SHAPE_POINTS}, "tuple of ints"),
         ({**{p: (1,) for p in SHAPE_POINTS}, "time_embed output": (2, 64)}, "4 × 64"),
     ],
@@ -208,6 +208,13 @@ def test_layer_shapes_seed_concat_mistake():
 def test_layer_shapes_wrong_answers(answer, hint):
     feedback = check_layer_shapes(answer)
     assert not feedback.passed and hint in failed_text(feedback)
+
+
+def test_layer_shapes_unanswered_points_are_one_check():
+    answer = {**layer_shape_truth(), "up1 output": None, "out output": None}
+    feedback = check_layer_shapes(answer)
+    assert [c.what_en for c in feedback.failed()] == ["predictions not filled in"]
+    assert "['up1 output', 'out output']" in failed_text(feedback)
 
 
 def test_layer_shapes_extra_key():

@@ -40,7 +40,7 @@ def describe_exception(exc: BaseException) -> str:
     """``Type: message [where]``, ``where`` being the learner's innermost frame (not torch's or unetlab's)."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if not os.path.abspath(f.filename).startswith(_LIBRARY_DIRS)]
-    text = f"{type(exc).__name__}: {exc}"
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return f"{text} [{frames[-1].name}, line {frames[-1].lineno}]" if frames else text
 
 __all__ = [
@@ -399,8 +399,13 @@ def check_layer_shapes(predictions) -> Feedback:
                  (f"缺少 {missing}" if missing else "") + (f" 多余 {extra}" if extra else ""),
                  (f"missing {missing}" if missing else "") + (f" unknown {extra}" if extra else ""),
                  "键必须与 SHAPE_POINTS 完全一致。", "The keys must be exactly those of SHAPE_POINTS."))
+    unanswered = [p for p in SHAPE_POINTS if p in predictions and predictions[p] is None]
+    if unanswered:
+        fb.add(Check("还没填的预测", "predictions not filled in", False, f"{len(unanswered)} 个：{unanswered}",
+                     f"{len(unanswered)}: {unanswered}", "把每个 None 换成一个整数元组，如 (2, 64, 32, 32)。",
+                     "Replace each None with a tuple of ints, e.g. (2, 64, 32, 32)."))
     for point in SHAPE_POINTS:
-        if point not in predictions:
+        if point not in predictions or predictions[point] is None:
             continue
         want = truth[point]
         got = _as_shape(predictions[point])
