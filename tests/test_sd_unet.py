@@ -162,7 +162,7 @@ def test_half_precision_close_to_fp32(dtype):
         half_model = SDUNet(TINY).to(dtype=dtype).eval()
         half_model.load_state_dict(model.state_dict())
         half = half_model(sample.to(dtype), torch.tensor(500), context.to(dtype))
-    assert half.dtype == dtype
+    assert half.dtype == dtype == half_model.dtype
     assert torch.isfinite(half).all()
     # bf16 keeps 8 bits of mantissa: a few per cent of the output's scale
     assert (half.float() - full).abs().max() < 0.05 * full.abs().max()
@@ -231,6 +231,8 @@ def test_config_lookup_and_errors():
         SD15.replace(attention_head_dim=8)
     with pytest.raises(ValueError, match="addition_time_embed_dim"):
         SD15.replace(addition_embed_type="text_time")
+    with pytest.raises(TypeError, match="cross_attention_dim"):
+        SD15.replace(cross_attention_dim=[768] * 4)
 
 
 def test_config_derived_sizes():

@@ -166,6 +166,10 @@ class UNetConfig:
                 raise ValueError(f"{c} channels cannot be split into {h} attention heads")
             if c % self.norm_num_groups:
                 raise ValueError(f"{c} channels cannot be split into {self.norm_num_groups} GroupNorm groups")
+        if not isinstance(self.cross_attention_dim, int) or isinstance(self.cross_attention_dim, bool):
+            raise TypeError(
+                f"cross_attention_dim must be one int (the text encoder's width), got {self.cross_attention_dim!r}"
+            )
         if self.layers_per_block < 1:
             raise ValueError(f"layers_per_block must be >= 1, got {self.layers_per_block}")
         if self.addition_embed_type not in (None, "text_time"):
@@ -250,9 +254,7 @@ class UNetConfig:
         """
         config = dict(config)
         for key, expected in _FIXED_DIFFUSERS_KEYS.items():
-            if key in config and config[key] != expected and not (
-                isinstance(expected, (int, float)) and config[key] == expected
-            ):
+            if key in config and config[key] != expected:
                 raise ValueError(
                     f"SDUNet does not implement {key}={config[key]!r} (only {expected!r}, as in SD 1.x/2.x/XL)"
                 )

@@ -125,6 +125,16 @@ class SDUNet(nn.Module):
     def extra_repr(self) -> str:
         return f"config={self.config.name!r}"
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (inputs must be there too)."""
+        return self.conv_in.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (``sample`` and ``context`` must have it too)."""
+        return self.conv_in.weight.dtype
+
     # ------------------------------------------------------------------------------------
     def forward(
         self,
@@ -181,7 +191,6 @@ class SDUNet(nn.Module):
     def _check_inputs(self, sample, context, added_cond) -> int:
         """Clear errors for the mistakes people make; returns the batch size."""
         c = self.config
-        weight = self.conv_in.weight
         if not isinstance(sample, torch.Tensor):
             raise TypeError(f"sample must be a tensor (B, {c.in_channels}, H, W), got {type(sample).__name__}")
         if sample.ndim != 4 or sample.shape[1] != c.in_channels:
@@ -208,12 +217,12 @@ class SDUNet(nn.Module):
         if context.shape[0] != B:
             raise ValueError(f"context has batch {context.shape[0]} but sample has batch {B}")
         for name, t in (("sample", sample), ("context", context)):
-            if t.device != weight.device:
-                raise ValueError(f"{name} is on {t.device} but the model's weights are on {weight.device}")
-            if t.dtype != weight.dtype:
+            if t.device != self.device:
+                raise ValueError(f"{name} is on {t.device} but the model's weights are on {self.device}")
+            if t.dtype != self.dtype:
                 raise TypeError(
-                    f"{name} has dtype {t.dtype} but the model's weights are {weight.dtype}; "
-                    f"use {name}.to({weight.dtype}) or model.to({t.dtype})"
+                    f"{name} has dtype {t.dtype} but the model's weights are {self.dtype}; "
+                    f"use {name}.to({self.dtype}) or model.to({t.dtype})"
                 )
         self._check_added_cond(added_cond, B)
         return B
@@ -238,8 +247,8 @@ class SDUNet(nn.Module):
                     f"added_cond[{name!r}] must be a tensor of shape ({B}, n), got "
                     f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
                 )
-            if t.device != self.conv_in.weight.device:
-                raise ValueError(f"added_cond[{name!r}] is on {t.device}, the model on {self.conv_in.weight.device}")
+            if t.device != self.device:
+                raise ValueError(f"added_cond[{name!r}] is on {t.device} but the model's weights are on {self.device}")
         width = text_embeds.shape[1] + time_ids.shape[1] * c.addition_time_embed_dim
         if width != c.projection_class_embeddings_input_dim:
             raise ValueError(
