@@ -284,3 +284,43 @@ def test_missing_part_reported_without_crash():
     feedback = check_param_shares(answer)
     assert [c.what_en for c in feedback.failed()] == ["every part is there"]
     assert "out" in failed_text(feedback)
+
+
+class Weird:
+    """An object that breaks whatever touches it."""
+
+    def __getattr__(self, name):
+        raise RuntimeError("boom")
+
+
+WEIRD_ANSWERS = [None, 0, 1.5, "text", b"bytes", [], (), {}, {None: None}, Weird(), torch.zeros(3), nn.Linear(2, 2),
+                 {k: Weird() for k in PARTS}, {k: [1, 2] for k in SHAPE_POINTS}, {k: torch.zeros(2) for k in PARTS}]
+
+
+@pytest.mark.parametrize("checker", [check_unet_shapes, check_layer_shapes, check_param_shares])
+def test_checkers_never_raise_on_wrong_answers(checker):
+    for answer in WEIRD_ANSWERS:
+        feedback = checker(answer)
+        assert isinstance(feedback, Feedback) and not feedback.passed, (checker.__name__, answer)
+        str(feedback)
+
+
+def test_numpy_answers_are_accepted():
+    np = pytest.importorskip("numpy")
+    truth = layer_shape_truth()
+    assert check_layer_shapes({k: tuple(np.int64(v) for v in shape) for k, shape in truth.items()}).passed
+    shares = param_share_truth()
+    assert check_param_shares({k: np.float64(v) for k, v in shares.items()}).passed
+    assert check_param_shares({k: np.array(v) for k, v in shares.items()}).passed
+
+
+def test_safety_net_turns_internal_errors_into_feedback(monkeypatch):
+    from unetlab.homework import ch01
+
+    def broken(*args, **kwargs):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(ch01, "layer_shape_truth", broken)
+    feedback = ch01.check_layer_shapes({})
+    assert not feedback.passed and feedback.failed()[0].what_en == "error while checking your answer"
+    assert "KeyError" in feedback.failed()[0].detail_en

@@ -23,7 +23,9 @@ import math
 import os
 import traceback
 from collections.abc import Mapping
-from numbers import Real
+import functools
+from functools import lru_cache
+from numbers import Integral, Real
 
 import torch
 import torch.nn as nn
@@ -80,11 +82,37 @@ SHAPE_POINTS = (
 _TOLERANCE = 0.005  # absolute tolerance on each parameter share
 
 
+def _safety_net(title_zh: str, title_en: str):
+    """Turn an unexpected exception inside a checker into a failed check: the learner never sees a traceback."""
+
+    def wrap(checker):
+        @functools.wraps(checker)
+        def checked(*args, **kwargs):
+            try:
+                return checker(*args, **kwargs)
+            except Exception as exc:
+                fb = Feedback(title_zh, title_en)
+                fb.add(Check("检查你的答案时出错", "error while checking your answer", False,
+                             describe_exception(exc), describe_exception(exc),
+                             "看看答案的类型和格式是否与练习说明一致。",
+                             "Check that your answer has the type and form the exercise asks for."))
+                return fb
+
+        return checked
+
+    return wrap
+
+
 # ---------------------------------------------------------------------------------------------
 # The truth
 # ---------------------------------------------------------------------------------------------
 def layer_shape_truth(base_channels: int = 64) -> dict[str, tuple[int, ...]]:
     """The true shape at every point of ``SHAPE_POINTS``, traced on the meta device."""
+    return dict(_layer_shape_truth(base_channels))
+
+
+@lru_cache(maxsize=8)
+def _layer_shape_truth(base_channels: int) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = SimpleUNet(in_channels=4, out_channels=4, base_channels=base_channels)
         x = torch.empty(*SHAPE_INPUT)
@@ -111,6 +139,11 @@ def _meta_model(base_channels: int, use_skips: bool = True) -> SimpleUNet:
 
 def param_share_truth(base_channels: int = 64, use_skips: bool = True) -> dict[str, float]:
     """Share of ``SimpleUNet(base_channels=..., use_skips=...)``'s parameters in each part of ``PARTS``."""
+    return dict(_param_share_truth(base_channels, bool(use_skips)))
+
+
+@lru_cache(maxsize=8)
+def _param_share_truth(base_channels: int, use_skips: bool) -> dict[str, float]:
     return _shares(_meta_model(base_channels, use_skips))
 
 
@@ -330,6 +363,7 @@ def _skip_check(model) -> Check:
                  "resolution: torch.cat([h, skip], dim=1).")
 
 
+@_safety_net("UNet 形状检查", "UNet shape check")
 def check_unet_shapes(model_or_class, base_channels: int = 16) -> Feedback:
     """Check a learner's UNet: builds, right output shapes, uses the timestep, goes down, has skips.
 
@@ -371,13 +405,21 @@ def check_unet_shapes(model_or_class, base_channels: int = 16) -> Feedback:
 # check_layer_shapes
 # ---------------------------------------------------------------------------------------------
 def _as_shape(value) -> tuple[int, ...] | None:
+    try:
+        return _to_shape(value)
+    except Exception:  # an object that breaks when touched is not a shape either
+        return None
+
+
+def _to_shape(value) -> tuple[int, ...] | None:
     if isinstance(value, torch.Size):
         return tuple(value)
-    if isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return tuple(value)
+    if isinstance(value, (tuple, list)) and all(isinstance(v, Integral) and not isinstance(v, bool) for v in value):
+        return tuple(int(v) for v in value)
     return None
 
 
+@_safety_net("逐层形状预测", "layer shape predictions")
 def check_layer_shapes(predictions) -> Feedback:
     """Check predicted shapes at ``SHAPE_POINTS`` of ``SimpleUNet(base_channels=64)`` for ``x`` of shape ``(2, 4, 64, 64)``.
 
@@ -433,15 +475,25 @@ def check_layer_shapes(predictions) -> Feedback:
 # check_param_shares
 # ---------------------------------------------------------------------------------------------
 def _as_float(value) -> float | None:
+    try:
+        return _to_float(value)
+    except Exception:  # an object that breaks when touched is not a number either
+        return None
+
+
+def _to_float(value) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value.item())
     if isinstance(value, Real):
         return float(value)
+    if getattr(value, "shape", None) == () and hasattr(value, "__float__"):  # e.g. a 0-d numpy array
+        return float(value)
     return None
 
 
+@_safety_net("参数量占比", "parameter shares")
 def check_param_shares(answer, base_channels: int = 64, use_skips: bool = True) -> Feedback:
     """Check the share of ``SimpleUNet(base_channels=64)``'s parameters in each part.
 
