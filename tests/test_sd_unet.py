@@ -242,3 +242,13 @@ def test_config_derived_sizes():
     assert SDXL.text_embeds_dim == 1280 and SDXL.transformer_layers_per_block == (1, 2, 10)
     assert isinstance(SD15.replace(sample_size=32), UNetConfig)
     assert SDUNet("tiny").config is TINY
+
+
+def test_every_parameter_gets_a_gradient():
+    """A training step reaches every weight (nothing built but left unused), SDXL's add_embedding too."""
+    torch.manual_seed(0)
+    model = SDUNet(TINY_XL)
+    sample, context = torch.randn(2, 4, 8, 8), torch.randn(2, 5, TINY_XL.cross_attention_dim)
+    model(sample, torch.tensor([1, 999]), context, xl_cond()).pow(2).mean().backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
