@@ -343,3 +343,22 @@ def test_wrong_architecture_and_foreign_files(tiny_ldm, tmp_path):
     (folder / "config.json").write_text(json.dumps(get_config("tiny").to_diffusers()))
     with pytest.raises(CheckpointError, match="no weights"):
         load_sd_unet(folder)
+
+
+@pytest.mark.slow
+def test_full_size_sd15_ldm_file_infers_config_and_matches_diffusers(tmp_path):
+    """The real SD 1.5 architecture (random weights), written as an original single file."""
+    torch.manual_seed(0)
+    model = UNet2DConditionModel(**get_config("sd15").to_diffusers()).eval()
+    save_file(diffusers_to_ldm(model.state_dict(), "sd15"), tmp_path / "v1-5-random.safetensors")
+    g = torch.Generator().manual_seed(1)
+    # a small latent keeps the forward cheap; the weights are what is being checked
+    sample, context = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 77, 768, generator=g)
+    with torch.no_grad():
+        expected = model(sample, 500, context).sample
+    del model
+    loaded = load_sd_unet(tmp_path / "v1-5-random.safetensors")  # config inferred: sd15
+    assert loaded.config.name == "sd15"
+    with torch.no_grad():
+        out = loaded(sample, 500, context)
+    assert ((out - expected).abs().max() / expected.abs().max()).item() <= 1e-4
