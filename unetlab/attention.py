@@ -45,6 +45,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
+from unetlab.simple_unet import ResBlock
+
 __all__ = [
     "SelfAttention",
     "AttnResBlock",
@@ -104,10 +106,7 @@ class AttnResBlock(nn.Module):
 
     def __init__(self, channels: int, time_emb_dim: int):
         super().__init__()
-        # chapter 1's ResBlock (imported here, not at module level, so that the SD classes
-        # below do not depend on chapter 1's module)
-        from unetlab.simple_unet import ResBlock
-
+        # chapter 1's ResBlock: GroupNorm → ReLU → conv, plus the time shift, plus a residual
         self.res = ResBlock(channels, channels, time_emb_dim)
         self.attn = SelfAttention(channels)
 
