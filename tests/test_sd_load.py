@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from unetlab.configs import get_config
-from unetlab.sd.ldm_keys import LDM_UNET_PREFIX, KeyMap, diffusers_to_ldm, ldm_to_diffusers
+from unetlab.sd.ldm_keys import LDM_UNET_PREFIX, KeyMap, diffusers_to_ldm, ldm_to_diffusers, name_table
 from unetlab.sd.load import (
     CheckpointError,
     find_local_weights,
@@ -121,6 +121,14 @@ def test_key_map_names_and_table():
     assert kinds.count("resnet") == 8 + 2 + 12 and kinds.count("attention") == 6 + 1 + 9
     xl = KeyMap("sdxl")
     assert xl.to_ldm("add_embedding.linear_2.weight") == "label_emb.0.2.weight"
+    table = name_table("sd15", kinds=("downsample", "upsample"))
+    assert table.column("LDM") == [
+        "input_blocks.3.0.op", "input_blocks.6.0.op", "input_blocks.9.0.op",
+        "output_blocks.2.1.conv", "output_blocks.5.2.conv", "output_blocks.8.2.conv",
+    ]
+    assert "input_blocks.3.0.op" in str(table)
+    with pytest.raises(ValueError, match="unknown kind"):
+        name_table("sd15", kinds="transformer")
 
 
 def test_key_map_refuses_unknown_architectures():
@@ -198,6 +206,11 @@ def test_bin_sharded_and_dtype(tmp_path):
     model.save_pretrained(tmp_path / "sharded", max_shard_size="300KB")
     assert (tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json").is_file()
     assert _same_weights(load_sd_unet(tmp_path / "sharded"), model)
+
+    model.save_pretrained(tmp_path / "fp16", variant="fp16")
+    assert _same_weights(load_sd_unet(tmp_path / "fp16", variant="fp16"), model)
+    with pytest.raises(CheckpointError, match="no weights"):
+        load_sd_unet(tmp_path / "fp16")  # only the variant is there
 
     half = load_sd_unet(tmp_path / "bin", dtype=torch.bfloat16)
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}

@@ -20,6 +20,9 @@ API
     parts of a full checkpoint — VAE, text encoder, EMA copies — are skipped) to diffusers
     names. With ``strict=True`` an LDM UNet key that has no diffusers name is a ``ValueError``;
     with ``strict=False`` the function returns ``(converted, unknown_keys)``.
+``name_table(config, kinds=None)``
+    The module mapping as a printable :class:`unetlab.sd.tables.Table` (columns ``diffusers``,
+    ``LDM``, ``kind``); ``kinds=("resnet", "attention")`` keeps only those rows.
 ``LDM_UNET_PREFIX``
     ``"model.diffusion_model."``.
 
@@ -53,7 +56,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["LDM_UNET_PREFIX", "KeyMap", "diffusers_to_ldm", "ldm_to_diffusers", "diffusers_config"]
+__all__ = ["LDM_UNET_PREFIX", "KeyMap", "diffusers_to_ldm", "ldm_to_diffusers", "diffusers_config", "name_table"]
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 
@@ -249,6 +252,26 @@ class KeyMap:
                 return None
             rest = f"{_RESNET_RENAMES_BACK[head]}.{param}"
         return f"{diffusers_prefix}.{rest}"
+
+
+def name_table(config: Any, kinds: Any = None):
+    """diffusers module name ↔ LDM module name for ``config``, as a printable Table."""
+    from unetlab.sd.tables import Table
+
+    keymap = KeyMap(config)
+    rows = keymap.modules()
+    if kinds is not None:
+        wanted = {kinds} if isinstance(kinds, str) else set(kinds)
+        known = {kind for _, _, kind in rows}
+        if not wanted <= known:
+            raise ValueError(f"unknown kind(s) {sorted(wanted - known)}; kinds are {sorted(known)}")
+        rows = [r for r in rows if r[2] in wanted]
+    name = getattr(config, "name", config if isinstance(config, str) else "custom")
+    return Table(
+        title=f"{name} UNet: diffusers names ↔ original LDM names (LDM keys start with {LDM_UNET_PREFIX!r})",
+        columns=["diffusers", "LDM", "kind"],
+        rows=rows,
+    )
 
 
 def diffusers_to_ldm(state_dict: Mapping[str, Any], config: Any, prefix: str = LDM_UNET_PREFIX) -> dict[str, Any]:

@@ -374,7 +374,10 @@ def _from_hub(name: str, subfolder: str, download: bool, cache_dir) -> Path:
     repo = _hub_id(name)[0]
     if not download or constants.HF_HUB_OFFLINE:
         why = "download=False" if not download else "HF_HUB_OFFLINE is set"
-        raise FileNotFoundError(f"{name!r}: no local weights, and downloading is off ({why}).\n" + _how_to_get(name))
+        raise FileNotFoundError(
+            f"{name!r} is not a local file or folder, the Hugging Face cache has no weights for it, and "
+            f"downloading is off ({why}).\n" + _how_to_get(name)
+        )
     from huggingface_hub import snapshot_download
 
     try:
