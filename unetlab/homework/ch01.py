@@ -265,7 +265,7 @@ def _build(model_or_class, base_channels: int):
     hint_zh = "构造函数应接受 in_channels、out_channels（最好还有 base_channels）。"
     hint_en = "The constructor should accept in_channels, out_channels (and preferably base_channels)."
     if "divisible by num_groups" in str(error):
-        hint_zh = "GroupNorm 的组数必须整除通道数：GroupNorm(8, 4) 不行。这正是种子代码的第一个错误。"
+        hint_zh = "GroupNorm 要求通道数能被组数整除：GroupNorm(8, 4) 不行。这正是种子代码的第一个错误。"
         hint_en = "GroupNorm's group count must divide the channel count: GroupNorm(8, 4) fails. That is the seed's first bug."
     return None, Check(*what, False, detail, detail, hint_zh, hint_en)
 
@@ -329,7 +329,7 @@ def _time_check(model) -> Check:
         late = model(x, torch.tensor([900, 900]))
     diff = (early - late).abs().max().item()
     if diff > 1e-6:
-        return Check(*what, True, f"t=1 与 t=900 的输出最大差 {diff:.3g}。", f"outputs at t=1 and t=900 differ by up to {diff:.3g}.")
+        return Check(*what, True, "t=1 与 t=900 的输出不同。", "the outputs at t=1 and t=900 differ.")
     return Check(*what, False, "t=1 与 t=900 的输出完全相同：模型没有用到时间步。",
                  "the outputs at t=1 and t=900 are identical: the model ignores the timestep.",
                  "把时间步嵌入成向量（time_embed），在每个 ResBlock 里投影到通道数，变形为 (B, C, 1, 1) 加到特征图上。",
