@@ -10,9 +10,12 @@ API
     each down block, the mid block, each up block, ``conv_norm_out``, ``conv_out``; per part the
     parameters in ResNets, in attentions (transformers) and the rest (down/upsamplers, plain layers),
     the total and the share. Accepts a preset name (``"sd15"``, ``"sd21"``, ``"sdxl"``, ``"tiny"`` …),
-    a :class:`unetlab.UNetConfig` or any ``nn.Module`` with diffusers' UNet names (``SDUNet``,
-    ``diffusers.UNet2DConditionModel``). Returns a :class:`ParamCount`: ``print()`` it for the table,
-    ``.total``, ``.by_kind()`` (resnets / attentions / other), ``.part(name)``, ``.records()``.
+    a :class:`unetlab.UNetConfig`, a diffusers ``unet/config.json`` dict, or any ``nn.Module`` with
+    diffusers' UNet names (``SDUNet``, ``diffusers.UNet2DConditionModel``). Returns a
+    :class:`ParamCount`: ``print()`` it for the table; ``.total``; ``.counts`` (part ->
+    ``{"resnets": n, "attentions": n, "other": n}``); ``.by_kind()`` (the same three over the whole
+    UNet); ``.part(name)``; ``.records()`` / ``.column(name)`` (rows: part, type, resnets,
+    attentions, other, params, share; the last row is the total).
 ``component_params(name="sd15")``
     The parts of a whole SD model — text encoder(s) (transformers' ``CLIPTextModel``), VAE (diffusers'
     ``AutoencoderKL``) and UNet — counted on the meta device from their configs, with shares.
@@ -252,19 +255,16 @@ class ComponentCount(Table):
 
 def component_params(name: str = "sd15") -> ComponentCount:
     """Text encoder(s), VAE and UNet of SD 1.5 / 2.1 / XL, counted on the meta device."""
-    import logging
-
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     key = _model_key(name)
     counts: OrderedDict[str, tuple[str, int]] = OrderedDict()
-    # transformers logs about unused config fields; not interesting here
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    for comp, config in text_encoder_configs(key).items():
-        with_projection = dict((c, p) for c, _, p in _TEXT_ENCODERS[key])[comp]
+    configs = text_encoder_configs(key)
+    for comp, _, with_projection in _TEXT_ENCODERS[key]:
+        # SDXL's second encoder also has the text_projection (its pooled output feeds add_embedding)
         cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-        counts[comp] = (cls.__name__, _meta_numel(lambda: cls(config)))
+        counts[comp] = (cls.__name__, _meta_numel(lambda: cls(configs[comp])))
     counts["vae"] = ("AutoencoderKL", _meta_numel(lambda: AutoencoderKL(**VAE_CONFIG)))
     counts["unet"] = ("SDUNet", count_params(key).total)
     return ComponentCount(key, counts)
