@@ -276,12 +276,11 @@ def _build(config, state_dict: dict, origin: str, device, dtype, extra_unexpecte
     _match_projection_shapes(state_dict, expected)
     _check_against(model, state_dict, origin, extra_unexpected, keymap)
     state_dict = {k: v.to(dtype=dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    # assign=True: the model takes the loaded tensors themselves (no second copy in memory)
     model.load_state_dict(state_dict, strict=True, assign=True)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if leftover:  # a non-persistent buffer: rebuild for real and copy (slower, still correct)
-        real = SDUNet(config)
-        real.load_state_dict(state_dict, strict=True)
-        model = real
+    if leftover:  # SDUNet has no buffers; a future non-persistent one would have to be built for real
+        raise RuntimeError(f"tensors left on the meta device after loading: {leftover[:5]}")
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -291,7 +290,10 @@ def _weights_in_folder(folder: Path, variant: str | None) -> list[Path]:
     stem = WEIGHTS_NAME if variant is None else f"{WEIGHTS_NAME}.{variant}"
     index = folder / f"{stem}.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: not a shard index with a 'weight_map' ({exc!r})") from None
         return [folder / name for name in sorted(set(weight_map.values()))]
     for suffix in (".safetensors", ".bin"):
         if (folder / f"{stem}{suffix}").is_file():
