@@ -22,7 +22,7 @@ from numbers import Integral
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NoiseSchedule", "psnr"]
+__all__ = ["NoiseSchedule", "psnr", "fixed_noise", "denoise", "denoising_quality"]
 
 
 class NoiseSchedule:
@@ -186,3 +186,40 @@ def psnr(estimate: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, 
     mse = err.mean() if reduce else err.flatten(1).mean(dim=1)
     return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-12))
 
+
+
+def fixed_noise(shape, seed: int = 0) -> torch.Tensor:
+    """Standard normal noise of ``shape`` from its own CPU generator (the same for the same seed, anywhere)."""
+    return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def denoise(model_fn, x0: torch.Tensor, t: int, noise: torch.Tensor, schedule: NoiseSchedule | None = None,
+            clamp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise ``x0`` to step ``t`` with ``noise``, let ``model_fn(x_t, t) -> eps`` predict, return (x_t, x0_estimate).
+
+    ``clamp=True`` clips the estimate to the image range [-1, 1] (an estimate outside it is certainly wrong).
+    """
+    schedule = schedule if schedule is not None else NoiseSchedule()
+    t_batch = schedule.check_timesteps(t, batch_size=x0.shape[0])
+    # (B, C, H, W)
+    x_t = schedule.add_noise(x0, noise, t_batch)
+    # (B, C, H, W)
+    x0_hat = schedule.predict_x0(x_t, model_fn(x_t, t_batch), t_batch)
+    return x_t, (x0_hat.clamp(-1, 1) if clamp else x0_hat)
+
+
+@torch.no_grad()
+def denoising_quality(model_fn, x0: torch.Tensor, timesteps, seed: int = 0, schedule: NoiseSchedule | None = None,
+                      clamp: bool = True) -> dict[int, dict[str, float]]:
+    """``{t: {"mse": ..., "psnr": ...}}`` of the clean-image estimate at each ``t``.
+
+    The same noise (``fixed_noise(x0.shape, seed)``) is used at every t, so the curves differ only by t.
+    MSE is on the [-1, 1] scale, PSNR uses range 2 (the same dB as [0, 1] images with range 1).
+    """
+    noise = fixed_noise(x0.shape, seed)
+    out = {}
+    for t in timesteps:
+        _, x0_hat = denoise(model_fn, x0, int(t), noise, schedule=schedule, clamp=clamp)
+        out[int(t)] = {"mse": float(F.mse_loss(x0_hat, x0)), "psnr": float(psnr(x0_hat, x0))}
+    return out
