@@ -55,6 +55,7 @@ _COLUMNS: dict[str, tuple[str, Callable[["TraceRow"], str], bool]] = {
 class TraceRow:
     """One call of one module.
 
+    ``index`` is the call's position among all traced calls (kept when rows are filtered out);
     ``path`` is the dotted name in ``model.named_modules()`` (``""`` for the model itself);
     ``call`` counts calls of the same module (1, 2, ...). ``input_shapes`` / ``output_shapes``
     list the shape of every tensor among the arguments / in the output, in order, nested
