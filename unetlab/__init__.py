@@ -46,6 +46,7 @@ _EXPORTS = {
     "io_table": "unetlab.sd.tables",
     # attention capture
     "capture_attention": "unetlab.capture",
+    "AttentionStore": "unetlab.capture",
 }
 
 _SUBMODULES = {"configs", "homework", "data", "schedule", "samplers", "train", "tracing", "sd", "plots", "text", "capture"}
