@@ -368,3 +368,40 @@ def test_standalone_attention_gets_a_square_or_flat_grid():
         attn(torch.randn(1, 9, 16), torch.randn(1, 3, 8))
         attn(torch.randn(1, 6, 16), torch.randn(1, 3, 8))
     assert [r.size for r in store] == [(3, 3), (1, 6)]
+
+
+# ---------------------------------------------------------------------------------------------
+# plot helpers (unetlab.plots.attention)
+# ---------------------------------------------------------------------------------------------
+def test_plot_helpers_draw_and_reject_bad_maps():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from unetlab.plots.attention import image_to_display, overlay, plot_maps, plot_query_map, plot_token_maps
+
+    image = torch.rand(3, 32, 32) * 2 - 1                       # [-1, 1]
+    maps = {"a": torch.rand(8, 8), "b": torch.rand(16, 16), "c": torch.rand(4, 4)}
+    disp = image_to_display(image)
+    assert disp.shape == (32, 32, 3) and disp.min() >= 0 and disp.max() <= 1
+    fig = plot_maps(maps, image=image, ncols=2)
+    assert len(fig.axes) == 4 and [ax.get_title() for ax in fig.axes[:3]] == ["a", "b", "c"]
+    # shared colour scale: the strongest map reaches the top of the scale
+    fig2 = plot_maps([torch.full((2, 2), 0.5), torch.ones(2, 2)], normalize=False)
+    assert fig2.axes[1].images[-1].get_array().max() == pytest.approx(1.0)
+    fig3 = plot_query_map(torch.rand(6, 6), (2, 3), image=image)
+    assert len(fig3.axes) == 3  # image, map, colour bar
+    fig4 = plot_token_maps(image, {"red": torch.rand(8, 8), "circle": torch.rand(8, 8)}, title="a red circle")
+    assert [ax.get_title() for ax in fig4.axes] == ["image", "red", "circle"]
+    _, ax = plt.subplots()
+    overlay(ax, None, torch.rand(1, 5, 5))
+    with pytest.raises(ValueError, match=r"\(h, w\)"):
+        plot_maps([torch.rand(2, 4, 4)])
+    with pytest.raises(ValueError, match="outside"):
+        plot_query_map(torch.rand(4, 4), (4, 0))
+    with pytest.raises(ValueError, match="image must be"):
+        image_to_display(torch.rand(5, 4, 4, 4))
+    with pytest.raises(TypeError, match="tensor or array"):
+        plot_maps(["not a map"])
+    plt.close("all")
