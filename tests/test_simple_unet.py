@@ -11,6 +11,15 @@ from unetlab.embeddings import sinusoidal_embedding
 from unetlab.simple_unet import DownBlock, ResBlock, SimpleUNet, TimeEmbedding, UpBlock, norm_groups
 from unetlab.tracing import trace_shapes
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # small models: one thread is much faster than two on a shared, loaded CPU
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 _GroupNorm = nn.GroupNorm
 
 
