@@ -308,3 +308,21 @@ def test_skip_scale_bad_input():
     with pytest.raises(ValueError, match="use_skips=False"):
         SimpleUNet(base_channels=8, use_skips=False)(x, 1, skip_scale={"up1": 0.0})
     assert set(SimpleUNet.SKIP_RESOLUTIONS) == {"up1", "up2"}
+
+
+def test_seed003_is_the_seeds_code_verbatim_up_to_whitespace():
+    import inspect
+    import pathlib
+    import re
+
+    seed_file = pathlib.Path(__file__).resolve().parents[2] / "shared" / "seeds" / "003_2dee815946ce4761.txt"
+    if not seed_file.exists():
+        pytest.skip("the seed notes are not part of this checkout")
+    text = seed_file.read_text(encoding="utf-8")
+    printed = text[text.index("import torch\n"):text.index('print(f"Parameters')]
+    source = inspect.getsource(seed003)
+    source = source[source.index("import torch\n"):]
+    # the test lines live in seed_test(); drop its def line and docstring
+    source = re.sub(r'def seed_test\(\):\n    """.*?"""\n', "", source, flags=re.S)
+    squeeze = lambda s: re.sub(r"\s+", "", s)  # noqa: E731
+    assert squeeze(source).startswith(squeeze(printed))

@@ -11,8 +11,9 @@ finds the two bugs with :func:`unetlab.trace_shapes`:
    built for ``out_channels * 2 = 128``.
 
 The working, fixed model is :class:`unetlab.SimpleUNet`. The code below is kept
-character for character (only re-indented, since the notes lost the indentation), so that
-the course can show the printed code itself failing, not a paraphrase of it. The seed's
+character for character apart from whitespace (the notes lost the indentation; it is
+restored, with blank lines between classes), so that the course can show the printed code
+itself failing, not a paraphrase of it (``tests/test_simple_unet.py`` compares it with the seed). The seed's
 test lines ran at import time; they are kept verbatim inside :func:`seed_test`.
 """
 import torch
