@@ -1,0 +1,211 @@
+"""Chapter 6 homework: the two lines of the denoising loop that do the work.
+
+* :func:`check_guidance` — the learner writes classifier-free guidance
+  ``fn(eps_uncond, eps_text, guidance_scale) -> eps`` (seed 002's
+  ``noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)``), including a clear
+  ``ValueError`` for a scale < 0. Hints for the usual slips: the halves swapped, guiding from the text
+  prediction instead of the unconditional one, a missing bracket.
+* :func:`check_ddim_step` — the learner writes one deterministic DDIM step
+  ``fn(x_t, eps, alpha_bar_t, alpha_bar_prev) -> x_prev``; compared with
+  :func:`unetlab.samplers.ddim_step` (``eta = 0``) on SD's schedule. Hints: using ``alpha`` instead of
+  its square root, forgetting to re-add the noise direction, using ``alpha_bar_t`` twice.
+
+Every checker returns a :class:`~unetlab.homework.feedback.Feedback` and never raises because of the answer.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..samplers import ddim_step
+from ..schedule import NoiseSchedule
+from .feedback import Check, Feedback, describe_exception, run_checks
+
+__all__ = ["check_guidance", "check_ddim_step", "reference_guidance", "reference_ddim_step"]
+
+_ATOL = 1e-5
+
+
+def reference_guidance(eps_uncond: torch.Tensor, eps_text: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """The answer: ``eps_uncond + s · (eps_text − eps_uncond)``; ``s < 0`` raises ``ValueError``."""
+    if guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    return eps_uncond + guidance_scale * (eps_text - eps_uncond)
+
+
+def reference_ddim_step(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t, alpha_bar_prev) -> torch.Tensor:
+    """The answer: ``x0 = (x_t − √(1−ā_t) ε) / √ā_t``, then ``x_prev = √ā_prev x0 + √(1−ā_prev) ε``."""
+    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=x_t.dtype)
+    alpha_bar_prev = torch.as_tensor(alpha_bar_prev, dtype=x_t.dtype)
+    x0 = (x_t - (1 - alpha_bar_t).sqrt() * eps) / alpha_bar_t.sqrt()
+    return alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev).sqrt() * eps
+
+
+def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+
+
+def _is_tensor_like(out, like: torch.Tensor) -> Check | None:
+    """A failed Check when ``out`` is not a tensor of ``like``'s shape, else None."""
+    if not isinstance(out, torch.Tensor):
+        return Check("返回张量", "returns a tensor", False,
+                     detail_zh=f"返回的是 {type(out).__name__}。", detail_en=f"got a {type(out).__name__}.",
+                     hint_zh="用张量运算（+、−、*）组合两个预测，直接 return 结果。",
+                     hint_en="Combine the two predictions with tensor arithmetic (+, −, *) and return the result.")
+    if out.shape != like.shape:
+        return Check("形状与输入相同", "same shape as the inputs", False,
+                     detail_zh=f"得到 {tuple(out.shape)}，应为 {tuple(like.shape)}。",
+                     detail_en=f"got {tuple(out.shape)}, expected {tuple(like.shape)}.",
+                     hint_zh="不要在这里 cat 或 chunk：输入已经是拆开的两半。",
+                     hint_en="No cat or chunk here: the inputs are already the two halves.")
+    return None
+
+
+# --- classifier-free guidance -------------------------------------------------------------------------------
+
+_GUIDANCE_MISTAKES = {
+    "swapped": (
+        lambda u, c, s: c + s * (u - c),
+        "两半弄反了：应从无条件预测出发，朝文本方向走：eps_uncond + s·(eps_text − eps_uncond)。",
+        "The halves are swapped: start from the unconditional prediction and move towards the text one: "
+        "eps_uncond + s·(eps_text − eps_uncond).",
+    ),
+    "from_text": (
+        lambda u, c, s: c + s * (c - u),
+        "起点应是 eps_uncond，不是 eps_text；这样 s=1 时才恰好等于文本条件预测。",
+        "The starting point is eps_uncond, not eps_text; only then does s = 1 give exactly the text prediction.",
+    ),
+    "no_brackets": (
+        lambda u, c, s: u + s * c - u,
+        "少了括号：s 要乘的是差 (eps_text − eps_uncond)。",
+        "Missing brackets: s multiplies the difference (eps_text − eps_uncond).",
+    ),
+    "scaled_text": (
+        lambda u, c, s: s * c,
+        "只把文本预测放大了 s 倍；引导是沿着 (eps_text − eps_uncond) 的方向外推。",
+        "This only scales the text prediction; guidance extrapolates along (eps_text − eps_uncond).",
+    ),
+}
+
+
+def _guidance_value_check(fn: Callable, scale: float) -> Check:
+    u, c = _inputs(int(scale * 10))
+    out = fn(u.clone(), c.clone(), scale)
+    bad = _is_tensor_like(out, u)
+    if bad is not None:
+        return bad
+    ref = reference_guidance(u, c, scale)
+    what_zh, what_en = f"guidance_scale = {scale:g} 时结果正确", f"right result for guidance_scale = {scale:g}"
+    if torch.allclose(out, ref, atol=_ATOL):
+        return Check(what_zh, what_en, True)
+    for name, (wrong, hint_zh, hint_en) in _GUIDANCE_MISTAKES.items():
+        if torch.allclose(out, wrong(u, c, scale), atol=_ATOL):
+            return Check(what_zh, what_en, False, hint_zh=hint_zh, hint_en=hint_en)
+    err = float((out - ref).abs().max())
+    return Check(what_zh, what_en, False, detail_zh=f"最大误差 {err:.3g}。", detail_en=f"largest error {err:.3g}.",
+                 hint_zh="公式：eps_uncond + s·(eps_text − eps_uncond)。s=0 应得到 eps_uncond，s=1 应得到 eps_text。",
+                 hint_en="Formula: eps_uncond + s·(eps_text − eps_uncond). s = 0 must give eps_uncond, s = 1 eps_text.")
+
+
+def check_guidance(fn: Callable) -> Feedback:
+    """Check ``fn(eps_uncond, eps_text, guidance_scale) -> eps`` against classifier-free guidance."""
+
+    def is_callable() -> Check:
+        ok = callable(fn)
+        return Check("提交的是函数", "the answer is a function", ok,
+                     hint_zh="把你的函数本身传进来：check_guidance(my_guidance)，不要加括号调用它。",
+                     hint_en="Pass the function itself: check_guidance(my_guidance), without calling it.")
+
+    steps = [is_callable]
+    if callable(fn):
+        for scale in (0.0, 1.0, 3.0, 7.5):
+            step = lambda s=scale: _guidance_value_check(fn, s)  # noqa: E731
+            step.__name__ = f"guidance_scale={scale:g}"
+            steps.append(step)
+
+        def negative_scale() -> Check:
+            u, c = _inputs(1)
+            what_zh, what_en = "guidance_scale < 0 时抛出 ValueError", "guidance_scale < 0 raises ValueError"
+            try:
+                fn(u, c, -1.0)
+            except ValueError:
+                return Check(what_zh, what_en, True)
+            except Exception as exc:  # the learner's code may raise anything
+                return Check(what_zh, what_en, False, detail_zh=describe_exception(exc), detail_en=describe_exception(exc),
+                             hint_zh="抛出 ValueError（不是别的异常），并在消息里说明需要 >= 0。",
+                             hint_en="Raise a ValueError (not another exception) whose message says >= 0 is expected.")
+            return Check(what_zh, what_en, False,
+                         detail_zh="s = −1 时函数正常返回了。", detail_en="with s = −1 the function returned normally.",
+                         hint_zh="负的引导系数会把图像推离文本；在函数开头检查 if guidance_scale < 0: raise ValueError(...)。",
+                         hint_en="A negative scale pushes the image away from the text; start with "
+                                 "if guidance_scale < 0: raise ValueError(...).")
+
+        steps.append(negative_scale)
+    return run_checks("无分类器引导", "Classifier-free guidance", steps)
+
+
+# --- one DDIM step ----------------------------------------------------------------------------------------------
+
+# (t, prev_t) pairs of a 25-step DDIM chain on SD's schedule: start, middle and the final step (prev_t < 0)
+_DDIM_CASES = ((961, 921), (481, 441), (1, -39))
+
+_DDIM_MISTAKES = {
+    "no_sqrt": (
+        lambda x, e, a, p: (p * ((x - (1 - a) * e) / a) + (1 - p) * e),
+        "少了平方根：x_t = √ā·x0 + √(1−ā)·ε，所以要用 ā 的平方根，不是 ā 本身。",
+        "Square roots are missing: x_t = √ā·x0 + √(1−ā)·ε uses the square root of ā, not ā itself.",
+    ),
+    "x0_only": (
+        lambda x, e, a, p: p.sqrt() * (x - (1 - a).sqrt() * e) / a.sqrt(),
+        "只缩放了 x0 估计，忘了加回噪声方向 √(1−ā_prev)·ε。",
+        "Only the scaled x0 estimate: the noise direction √(1−ā_prev)·ε is missing.",
+    ),
+    "same_alpha": (
+        lambda x, e, a, p: x,
+        "两处都用了 ā_t，结果原样返回了 x_t：第二步要用 ā_prev。",
+        "ā_t used in both places gives x_t back unchanged: the second part uses ā_prev.",
+    ),
+}
+
+
+def _ddim_case(fn: Callable, t: int, prev_t: int) -> Check:
+    schedule = NoiseSchedule()
+    x_t, eps = _inputs(t)
+    a_t = schedule.alphas_cumprod[t]
+    # SD's DDIM (set_alpha_to_one=False): past the last step, alpha_bar_prev = alpha_bar_0
+    a_prev = schedule.alphas_cumprod[prev_t] if prev_t >= 0 else schedule.alphas_cumprod[0]
+    ref, _ = ddim_step(schedule, eps, t, x_t, prev_t, eta=0.0)
+    what_zh, what_en = f"DDIM 一步：t = {t} → {prev_t}", f"DDIM step t = {t} → {prev_t}"
+    out = fn(x_t.clone(), eps.clone(), a_t.clone(), a_prev.clone())
+    bad = _is_tensor_like(out, x_t)
+    if bad is not None:
+        return bad
+    if torch.allclose(out, ref, atol=1e-4):
+        return Check(what_zh, what_en, True, detail_zh="与 unetlab.samplers.ddim_step 一致。",
+                     detail_en="matches unetlab.samplers.ddim_step.")
+    for name, (wrong, hint_zh, hint_en) in _DDIM_MISTAKES.items():
+        if torch.allclose(out, wrong(x_t, eps, a_t, a_prev), atol=1e-4):
+            return Check(what_zh, what_en, False, hint_zh=hint_zh, hint_en=hint_en)
+    err = float((out - ref).abs().max())
+    return Check(what_zh, what_en, False, detail_zh=f"最大误差 {err:.3g}。", detail_en=f"largest error {err:.3g}.",
+                 hint_zh="两步：x0 = (x_t − √(1−ā_t)·ε)/√ā_t；x_prev = √ā_prev·x0 + √(1−ā_prev)·ε。",
+                 hint_en="Two lines: x0 = (x_t − √(1−ā_t)·ε)/√ā_t; x_prev = √ā_prev·x0 + √(1−ā_prev)·ε.")
+
+
+def check_ddim_step(fn: Callable) -> Feedback:
+    """Check ``fn(x_t, eps, alpha_bar_t, alpha_bar_prev) -> x_prev`` against a deterministic DDIM step."""
+
+    def is_callable() -> Check:
+        return Check("提交的是函数", "the answer is a function", callable(fn),
+                     hint_zh="把函数本身传进来：check_ddim_step(my_ddim_step)。",
+                     hint_en="Pass the function itself: check_ddim_step(my_ddim_step).")
+
+    steps = [is_callable]
+    if callable(fn):
+        for t, p in _DDIM_CASES:
+            step = lambda t=t, p=p: _ddim_case(fn, t, p)  # noqa: E731
+            step.__name__ = f"t={t}"
+            steps.append(step)
+    return run_checks("一步 DDIM", "One DDIM step", steps)
