@@ -116,7 +116,9 @@ def plot_maps(
     n = len(tensors)
     ncols = ncols or min(n, 6)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows + (0.4 if suptitle else 0)), squeeze=False)
+    # each row: the panel plus room for its title
+    height = (panel_size + 0.3) * nrows + (0.4 if suptitle else 0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, height), squeeze=False)
     vmax = max(float(t.max()) for t in tensors)
     for ax in axes.flat[n:]:
         ax.axis("off")
