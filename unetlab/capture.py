@@ -172,8 +172,9 @@ def _select_batch(probs: torch.Tensor, batch) -> torch.Tensor:
 class AttentionStore:
     """The records of one ``capture_attention`` block, with helpers to turn them into maps.
 
-    ``layers`` lists the hooked layer paths (in model order), ``records`` every recorded call.
-    Set ``store.step = label`` (e.g. the timestep) before a forward to tag the calls that follow.
+    ``hooked``: ``{path: kind}`` of the layers a capture hooked (model order); ``layers``: the paths
+    that have records (call order); ``records``: every recorded call. Set ``store.step = label``
+    (e.g. the timestep) before a forward to tag the calls that follow.
     """
 
     def __init__(self, layers: dict[str, str] | None = None):
