@@ -1,8 +1,9 @@
-"""Command-line interface: ``python -m unetlab {trace,params,train,...}``.
+"""Command-line interface: ``python -m unetlab {trace,params,train,checkpoints}``.
 
 Each subcommand lives in the module that does the work; that module defines
 ``cli_add_arguments(parser)`` and ``cli_run(args) -> int``. This file only wires
-them together, importing a module when its command runs (``--help`` stays quick).
+them together, and imports only the module of the command that runs, so
+``python -m unetlab --help`` answers at once.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported to add that command's arguments."""
     parser = argparse.ArgumentParser(
         prog="python -m unetlab",
         description="unetlab: from the textbook UNet to the Stable Diffusion UNet (中文 / English course).",
@@ -28,18 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module_name)
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # command not built yet
-        module.cli_add_arguments(p)
+        if name == command:
+            importlib.import_module(module_name).cli_add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
