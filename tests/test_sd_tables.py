@@ -89,6 +89,14 @@ def test_latent_batch_and_odd_sizes():
     assert all(r["h"] + r["+ skip"] == r["= in"] for r in skips.records())
 
 
+def test_a_model_is_traced_as_its_config():
+    from unetlab.sd.unet import SDUNet
+
+    with torch.device("meta"):
+        model = SDUNet("tiny21")
+    assert str(block_table(model)) == str(block_table("tiny21"))
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="latent"):
         block_table("tiny", latent=0)

@@ -7,16 +7,17 @@ for SDXL — and :func:`unetlab.trace_shapes` records every block's input and ou
 
 API
 ---
-``block_table(config_or_name, latent=64)``
+``block_table(config_or_name, latent=None, batch=1)``
     One row per down block, the mid block and each up block: type, resolution in→out,
-    channels in→out, number of ResNets and transformers, and which inputs the block takes
-    (``sample``, ``time_emb``, ``context``, ``skips``). The number of skips is the number of
-    tensors the block pushes to (down) or pops from (up) the skip stack.
-``skip_table(config_or_name, latent=64)``
+    channels in→out, number of ResNets and transformers, BasicTransformerBlocks per transformer
+    (``layers``: SDXL's 1/2/10), how many skips the block saves (down) or takes (up), and which
+    inputs it really reads (``h`` — the hidden state from the block before —, ``time_emb``,
+    ``context``, ``skips``): a block without attention is handed ``context`` and ignores it.
+``skip_table(config_or_name, latent=None, batch=1)``
     One row per up-block ResNet: channels of the hidden state + channels of the skip it
     concatenates = the ResNet's input channels, and which down-path output the skip came from.
     (Seed 000's "1280 + 1280 -> 1280" column simplifies exactly this.)
-``io_table(config_or_name, latent=64)``
+``io_table(config_or_name, latent=None, batch=1)``
     The modules around the blocks: ``time_proj`` (sinusoidal, (1, 320)), ``time_embedding``
     (MLP, ``time_emb`` (1, 1280) — the width every ResNet sees), SDXL's ``add_embedding``,
     ``conv_in``, ``conv_norm_out``, ``conv_out``.
@@ -28,7 +29,14 @@ API
 
 ``config_or_name`` is a preset name (``"sd15"``, ``"sd21"``, ``"sdxl"``, ``"tiny"`` …), a
 :class:`unetlab.UNetConfig`, or an :class:`unetlab.SDUNet` (traced on the meta device as a copy
-of its config). ``latent`` is the latent's height = width (SD 1.5: 64 for 512×512 images).
+of its config). ``latent`` is the latent's height = width; ``None`` means the config's
+``sample_size`` (SD 1.5: 64 for 512×512 images, SD 2.1: 96, SDXL: 128). The three functions share
+one cached trace per (config, latent, batch), so printing all three costs one meta forward.
+
+Column names (stable; the chapter 2 checkers read them):
+``block_table``: block, type, resolution, channels, resnets, transformers, layers, skips, inputs.
+``skip_table``: resnet, resolution, h, + skip, = in, out, skip from.
+``io_table``: module, class, input, output, params.
 """
 from __future__ import annotations
 
