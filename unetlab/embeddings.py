@@ -16,7 +16,22 @@ from numbers import Integral, Real
 
 import torch
 
-__all__ = ["sinusoidal_embedding", "timestep_batch"]
+__all__ = ["embedding_frequencies", "sinusoidal_embedding", "timestep_batch"]
+
+
+def embedding_frequencies(
+    dim: int, downscale_freq_shift: float = 1.0, max_period: float = 10000.0, device=None
+) -> torch.Tensor:
+    """The ``dim // 2`` angular frequencies ``w_i = max_period ** (-i / (half - shift))``.
+
+    Column ``i`` (and ``half + i``) of the embedding of timestep ``t`` is ``sin(w_i t)`` / ``cos(w_i t)``.
+    """
+    if not isinstance(dim, int) or dim < 4:
+        raise ValueError(f"dim must be an int >= 4, got {dim!r}")
+    half = dim // 2
+    # exponent_i = -ln(max_period) * i / (half - shift),  i = 0 .. half-1
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=device)
+    return torch.exp(exponent / (half - downscale_freq_shift))
 
 
 def sinusoidal_embedding(
@@ -32,11 +47,8 @@ def sinusoidal_embedding(
     if timesteps.ndim != 1:
         raise ValueError(f"timesteps must have shape (B,), got {tuple(timesteps.shape)}")
     half = dim // 2
-    # exponent_i = -ln(max_period) * i / (half - shift),  i = 0 .. half-1
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device)
-    exponent = exponent / (half - downscale_freq_shift)
     # freqs: (half,)
-    freqs = torch.exp(exponent)
+    freqs = embedding_frequencies(dim, downscale_freq_shift, max_period, device=timesteps.device)
     # angles: (B, half) = t_b * freq_i
     angles = scale * timesteps[:, None].float() * freqs[None, :]
     # emb: (B, 2*half) = [sin | cos]

@@ -12,12 +12,13 @@ Every helper takes tensors (or arrays) that the notebook computed, draws them, a
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+from unetlab.embeddings import embedding_frequencies  # re-exported: the plots take its frequencies
 
 __all__ = [
     "plot_embedding_heatmap",
@@ -37,20 +38,6 @@ def _as_numpy(x, name: str, ndim: int | None = None) -> np.ndarray:
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {x.shape}")
     return x
-
-
-def embedding_frequencies(dim: int, downscale_freq_shift: float, max_period: float = 10000.0) -> torch.Tensor:
-    """The ``dim // 2`` angular frequencies ``w_i = max_period ** (-i / (half - shift))``.
-
-    The same exponent as :func:`unetlab.embeddings.sinusoidal_embedding` uses; column ``i``
-    (and ``half + i``) of the embedding of timestep ``t`` is ``sin(w_i t)`` / ``cos(w_i t)``.
-    """
-    if not isinstance(dim, int) or dim < 4:
-        raise ValueError(f"dim must be an int >= 4, got {dim!r}")
-    half = dim // 2
-    # exponent_i = -ln(max_period) * i / (half - shift)
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32) / (half - downscale_freq_shift)
-    return torch.exp(exponent)
 
 
 def plot_embedding_heatmap(emb, timesteps=None, *, title: str = "", ax=None, colorbar: bool = True):
