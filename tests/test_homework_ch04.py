@@ -140,6 +140,10 @@ def test_pattern_answers():
     assert all("not answered" in c.detail_en for c in blank.failed())
     # the blank answer gives no verdict away
     assert not any("holds" in c.detail_en for c in blank.checks)
+    # a string or 1/0 is not a bool: say so, without giving the verdict away
+    quoted = check_pattern_answers(dict(right, same_norm="True", monotonic=0))
+    assert [c.what_en.split("]")[0] for c in quoted.failed()] == ["[same_norm", "[monotonic"]
+    assert all("must be True or False" in c.detail_en and "holds" not in c.detail_en for c in quoted.failed())
     unknown = check_pattern_answers(dict(right, typo=True))
     assert not unknown.passed and "unknown keys" in unknown.checks[0].detail_en
     assert not check_pattern_answers(["same_norm"]).passed

@@ -489,11 +489,20 @@ def check_pattern_answers(answers) -> Feedback:
             holds, ev_zh, ev_en = truths[key]
             answer = answers.get(key)
             what = (f"[{key}] {zh}", f"[{key}] {en}")
-            if not isinstance(answer, bool):
+            if answer is None:
                 return Check(
-                    *what, False, detail_zh=f"还没有回答（{answer!r}）。", detail_en=f"not answered yet ({answer!r}).",
+                    *what, False, detail_zh="还没有回答（None）。", detail_en="not answered yet (None).",
                     hint_zh="填 True 或 False，可以先用上面的图和数字验证。",
                     hint_en="Fill in True or False; check it against the figures and numbers above first.",
+                )
+            if not isinstance(answer, bool):
+                # "True", 1 or a tensor are not accepted as answers: say what was given, not "unanswered"
+                return Check(
+                    *what, False,
+                    detail_zh=f"答案应是 True 或 False，收到的是 {type(answer).__name__} {answer!r}。",
+                    detail_en=f"the answer must be True or False, got {type(answer).__name__} {answer!r}.",
+                    hint_zh="直接写 True 或 False，不要加引号，也不要写 1/0。",
+                    hint_en="Write True or False itself: no quotes, not 1/0.",
                 )
             verdict = ("成立", "holds") if holds else ("不成立", "does not hold")
             return Check(
