@@ -59,6 +59,7 @@ def test_norm_groups_divides_channels():
         groups = norm_groups(channels)
         assert channels % groups == 0 and 1 <= groups <= 8
     assert norm_groups(64) == 8  # the seed's choice wherever it worked
+    assert norm_groups(12) == 4  # gcd: a divisor of 8, not the largest divisor of 12 below 8
 
 
 def test_only_first_groupnorm_differs_from_seed():

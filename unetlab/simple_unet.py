@@ -7,7 +7,7 @@ seed. What changed, and why:
 * **Bug 1, construction.** The seed's ``ResBlock`` builds ``nn.GroupNorm(8, in_channels)``;
   for ``in_channels=4`` (a Stable Diffusion latent) that is ``GroupNorm(8, 4)``, which
   PyTorch refuses: 4 channels cannot be split into 8 groups. Here every GroupNorm uses
-  :func:`norm_groups`: the largest group count ≤ 8 that divides the channel count
+  :func:`norm_groups`: the largest divisor of 8 that also divides the channel count
   (``gcd(8, C)``). For the 64/128-channel layers this is the seed's 8, unchanged; only the
   very first norm, on the 4 input channels, gets 4 groups (one channel per group).
   We chose this over adding a ``conv_in`` stem (what Stable Diffusion does) because it
@@ -44,9 +44,12 @@ __all__ = ["SimpleUNet", "TimeEmbedding", "ResBlock", "DownBlock", "UpBlock", "n
 
 
 def norm_groups(channels: int, max_groups: int = 8) -> int:
-    """Group count for ``nn.GroupNorm`` on ``channels``: the largest divisor of ``channels`` ≤ ``max_groups``.
+    """Group count for ``nn.GroupNorm`` on ``channels``: ``gcd(max_groups, channels)``.
 
-    ``gcd(8, 64) = 8`` (the seed's choice), ``gcd(8, 4) = 4``, ``gcd(8, 3) = 1``.
+    That is the largest divisor of ``max_groups`` that also divides ``channels`` (not the
+    largest divisor of ``channels`` below ``max_groups``: ``gcd(8, 12) = 4``, not 6), so the
+    count is always 8, 4, 2 or 1: ``gcd(8, 64) = 8`` (the seed's choice), ``gcd(8, 4) = 4``,
+    ``gcd(8, 3) = 1``.
     """
     return math.gcd(max_groups, channels)
 
