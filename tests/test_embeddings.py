@@ -85,6 +85,11 @@ def test_timesteps_must_be_one_dimensional(bad):
         sinusoidal_embedding(bad, 320)
 
 
+def test_timesteps_must_be_a_tensor():
+    with pytest.raises(TypeError, match=r"tensor of shape \(B,\), got list"):
+        sinusoidal_embedding([0, 1], 320)
+
+
 # ---------- chapter 4's plot helpers (unetlab.plots.embedding) ----------
 
 def test_embedding_frequencies_are_the_embeddings_frequencies():

@@ -18,6 +18,9 @@ import torch
 
 __all__ = ["embedding_frequencies", "sinusoidal_embedding", "timestep_batch"]
 
+# timestep dtypes timestep_batch accepts besides floating point (bool and complex are not timesteps)
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
 
 def embedding_frequencies(
     dim: int, downscale_freq_shift: float = 1.0, max_period: float = 10000.0, device=None
@@ -43,7 +46,14 @@ def sinusoidal_embedding(
     max_period: float = 10000.0,
     scale: float = 1.0,
 ) -> torch.Tensor:
-    """Embed a batch of timesteps ``(B,)`` into ``(B, dim)`` sines and cosines."""
+    """Embed a batch of timesteps ``(B,)`` into ``(B, dim)`` sines and cosines.
+
+    Column ``i < dim // 2`` is ``sin(w_i t)`` and column ``dim // 2 + i`` is ``cos(w_i t)``
+    (swapped with ``flip_sin_to_cos=True``), with ``w_i`` from :func:`embedding_frequencies`;
+    an odd ``dim`` gets a zero last column, as in diffusers.
+    """
+    if not isinstance(timesteps, torch.Tensor):
+        raise TypeError(f"timesteps must be a tensor of shape (B,), got {type(timesteps).__name__}")
     if timesteps.ndim != 1:
         raise ValueError(f"timesteps must have shape (B,), got {tuple(timesteps.shape)}")
     half = dim // 2
@@ -76,9 +86,7 @@ def timestep_batch(timestep, batch_size: int, device=None) -> torch.Tensor:
             "timestep must be an int, a float, a 0-d tensor or a tensor of shape (B,), "
             f"got {type(timestep).__name__}"
         )
-    if timestep.is_floating_point() or timestep.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
-        pass
-    else:
+    if not (timestep.is_floating_point() or timestep.dtype in _INTEGER_DTYPES):
         raise ValueError(f"timestep must hold numbers, got dtype {timestep.dtype}")
     if device is not None and timestep.device != torch.device(device) and timestep.device.type != "meta":
         timestep = timestep.to(device)
