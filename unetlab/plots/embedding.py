@@ -121,7 +121,7 @@ def plot_frequencies(
         axes[2].set_title(f"ratio: {l0} / {l1}", fontsize=9)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.5)
     return fig
 
 
@@ -188,7 +188,8 @@ def plot_clean_estimates(x_t, x0_hat, timesteps, *, clean=None, title: str = "")
         raise ValueError(f"images need 1 or 3 channels, got {xt.shape[1]}")
     extra = clean is not None
     n_cols = len(t) + int(extra)
-    fig, axes = plt.subplots(2, n_cols, figsize=(1.9 * n_cols, 4.1), squeeze=False)
+    # 4.6 in tall: room for each row's titles, which otherwise touch the images above them
+    fig, axes = plt.subplots(2, n_cols, figsize=(1.9 * n_cols, 4.6), squeeze=False)
     cmap = "gray" if xt.shape[1] == 1 else None
     if extra:
         c = _as_numpy(clean, "clean", ndim=3)
@@ -206,5 +207,5 @@ def plot_clean_estimates(x_t, x0_hat, timesteps, *, clean=None, title: str = "")
         ax.set_yticks([])
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.5)
     return fig
