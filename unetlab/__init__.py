@@ -47,6 +47,11 @@ _EXPORTS = {
     # attention capture
     "capture_attention": "unetlab.capture",
     "AttentionStore": "unetlab.capture",
+    # the small text-to-image model (chapters 5-6)
+    "WordTokenizer": "unetlab.text",
+    "TextEncoder": "unetlab.text",
+    "TextToImage": "unetlab.text2img",
+    "load_text2img": "unetlab.text2img",
 }
 
 _SUBMODULES = {"configs", "homework", "data", "schedule", "samplers", "train", "tracing", "sd", "plots", "text", "capture"}
