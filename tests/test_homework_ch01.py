@@ -151,6 +151,11 @@ class ReturnsTuple(SimpleUNet):
         return super().forward(x, timestep), None
 
 
+class NoSuperInit(nn.Module):
+    def __init__(self, in_channels=4, out_channels=4, base_channels=16):
+        self.out = nn.Conv2d(in_channels, out_channels, 1)  # forgot super().__init__()
+
+
 @pytest.mark.parametrize(
     "answer,failed,hint",
     [
@@ -165,6 +170,7 @@ class ReturnsTuple(SimpleUNet):
         (lambda **kw: 5, "build the model", "subclass nn.Module"),
         (lambda: SimpleUNet(), "build the model", "in_channels, out_channels"),
         (lambda **kw: 1 / 0, "build the model", "in_channels"),
+        (NoSuperInit, "build the model", "Call super().__init__()"),
     ],
 )
 def test_wrong_unets_get_the_right_hint(answer, failed, hint):

@@ -19,11 +19,11 @@ device, parameter counts from the model itself.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import traceback
 from collections.abc import Mapping
-import functools
 from functools import lru_cache
 from numbers import Integral, Real
 
@@ -34,16 +34,6 @@ from unetlab.simple_unet import SimpleUNet, UpBlock
 from unetlab.tracing import trace_shapes
 
 from .feedback import Check, Feedback
-
-_LIBRARY_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``Type: message [where]``, ``where`` being the learner's innermost frame (not torch's or unetlab's)."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not os.path.abspath(f.filename).startswith(_LIBRARY_DIRS)]
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return f"{text} [{frames[-1].name}, line {frames[-1].lineno}]" if frames else text
 
 __all__ = [
     "PARTS",
@@ -80,6 +70,22 @@ SHAPE_POINTS = (
 )
 
 _TOLERANCE = 0.005  # absolute tolerance on each parameter share
+
+# frames in these folders are torch's or unetlab's, not the learner's
+_LIBRARY_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message [where]``, ``where`` being the learner's innermost frame (not torch's or unetlab's).
+
+    Unlike :func:`unetlab.homework.feedback.describe_exception` (the last frames, wherever they
+    are), this points into the learner's own UNet code, e.g. ``[forward, line 11]``: the
+    chapter-1 checkers run whole models, so the last frames are nearly always inside torch.
+    """
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not os.path.abspath(f.filename).startswith(_LIBRARY_DIRS)]
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"{text} [{frames[-1].name}, line {frames[-1].lineno}]" if frames else text
 
 
 def _safety_net(title_zh: str, title_en: str):
@@ -264,7 +270,10 @@ def _build(model_or_class, base_channels: int):
     detail = describe_exception(error)
     hint_zh = "构造函数应接受 in_channels、out_channels（最好还有 base_channels）。"
     hint_en = "The constructor should accept in_channels, out_channels (and preferably base_channels)."
-    if "divisible by num_groups" in str(error):
+    if "before Module.__init__() call" in str(error):
+        hint_zh = "在 __init__ 的第一行调用 super().__init__()，然后再创建子模块。"
+        hint_en = "Call super().__init__() on the first line of __init__, before creating any submodule."
+    elif "divisible by num_groups" in str(error):
         hint_zh = "GroupNorm 要求通道数能被组数整除：GroupNorm(8, 4) 不行。这正是种子代码的第一个错误。"
         hint_en = "GroupNorm's group count must divide the channel count: GroupNorm(8, 4) fails. That is the seed's first bug."
     return None, Check(*what, False, detail, detail, hint_zh, hint_en)
@@ -288,7 +297,7 @@ def _forward_failure(model, x, timestep, exc) -> Check:
         detail_zh = f"在 {row.path}（{row.cls}）出错，输入 {row.inputs}：{describe_exception(exc)}"
         detail_en = f"failed in {row.path} ({row.cls}) with input {row.inputs}: {describe_exception(exc)}"
         if isinstance(exc, RuntimeError) and ("channels" in str(exc) or "size" in str(exc)):
-            hint_zh += " torch.cat 之后的通道数是两者之和：ResBlock 的输入通道要按“上采样通道 + 跳跃连接通道”来建。"
+            hint_zh += "torch.cat 之后的通道数是两者之和：ResBlock 的输入通道要按“上采样通道 + 跳跃连接通道”来建。"
             hint_en += " After torch.cat the channel count is the sum of both: build the ResBlock for up-path + skip channels."
     return Check("前向传播", "forward pass", False, detail_zh, detail_en, hint_zh, hint_en)
 
@@ -458,8 +467,8 @@ def check_layer_shapes(predictions) -> Feedback:
         elif got == want:
             fb.add(Check(*what, True))
         else:
-            hint = ("从输入 (2, 4, 64, 64) 一层层推：stride=2 的卷积把 H、W 减半，ConvTranspose2d(4, stride=2, padding=1) 加倍。",
-                    "Work layer by layer from (2, 4, 64, 64): a stride-2 conv halves H and W, "
+            hint = (f"从输入 {SHAPE_INPUT} 一层层推：stride=2 的卷积把 H、W 减半，ConvTranspose2d(4, stride=2, padding=1) 加倍。",
+                    f"Work layer by layer from {SHAPE_INPUT}: a stride-2 conv halves H and W, "
                     "ConvTranspose2d(4, stride=2, padding=1) doubles them.")
             if point.endswith("res input") and len(got) == 4 and len(want) == 4 and got[1] != want[1]:
                 hint = ("ResBlock 的输入是上采样结果与跳跃连接的拼接：通道数是两者之和（种子代码在 up1 正是错在这里）。",
