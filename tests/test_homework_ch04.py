@@ -144,6 +144,18 @@ def test_pattern_answers():
     quoted = check_pattern_answers(dict(right, same_norm="True", monotonic=0))
     assert [c.what_en.split("]")[0] for c in quoted.failed()] == ["[same_norm", "[monotonic"]
     assert all("must be True or False" in c.detail_en and "holds" not in c.detail_en for c in quoted.failed())
+    # answers computed with torch or numpy are bools too
+    import numpy as np
+    computed = dict(right, same_norm=torch.tensor(right["same_norm"]), monotonic=np.bool_(right["monotonic"]))
+    assert check_pattern_answers(computed).passed
     unknown = check_pattern_answers(dict(right, typo=True))
     assert not unknown.passed and "unknown keys" in unknown.checks[0].detail_en
     assert not check_pattern_answers(["same_norm"]).passed
+
+
+def test_distance_matrix_of_the_exercise_gets_the_distance_hint():
+    # the notebook's 40 timesteps: cdist's zero diagonal carries ~1e-3 of round-off
+    ts = torch.arange(0, 1000, 25)
+    e = sd_embedding(ts, 64)
+    fb = check_similarity_matrix(torch.cdist(e, e), ts, dim=64)
+    assert "looks like a distance" in " ".join(c.hint_en for c in fb.failed())

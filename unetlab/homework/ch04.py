@@ -292,7 +292,8 @@ def check_similarity_matrix(sim, timesteps, dim: int = 320) -> Feedback:
         diag = s.diagonal()
         if torch.allclose(diag, torch.ones(n), atol=1e-3):
             return Check("对角线全为 1（每个嵌入与自己完全相似）", "the diagonal is 1 (each embedding is fully similar to itself)", True)
-        if torch.allclose(diag, torch.zeros(n), atol=1e-3):
+        # cdist leaves ~1e-3 of float round-off on its zero diagonal
+        if torch.allclose(diag, torch.zeros(n), atol=1e-2):
             hint = ("对角线为 0，像是距离而不是相似度。余弦相似度 = 单位向量的点积。",
                     "A zero diagonal looks like a distance, not a similarity. Cosine similarity = dot product of unit vectors.")
         elif torch.allclose(diag, torch.full((n,), dim / 2), rtol=1e-3):
@@ -461,6 +462,16 @@ def _pattern_truths(dim: int = 320, num_timesteps: int = 1000) -> dict[str, tupl
     return out
 
 
+def _as_bool(answer):
+    """A computed answer counts as a bool too: ``np.True_`` or a one-element bool tensor such as
+    ``(sim > 0.9).all()``. Anything else (``"True"``, 1, None) is returned unchanged."""
+    if isinstance(answer, torch.Tensor) and answer.dtype == torch.bool and answer.numel() == 1:
+        return bool(answer.item())
+    if type(answer).__module__ == "numpy" and getattr(answer, "dtype", None) == bool and getattr(answer, "ndim", 1) == 0:
+        return bool(answer)
+    return answer
+
+
 def check_pattern_answers(answers) -> Feedback:
     """Check True/False answers ``{key: bool}`` to :data:`PATTERN_STATEMENTS`.
 
@@ -487,7 +498,7 @@ def check_pattern_answers(answers) -> Feedback:
     for key, (zh, en) in PATTERN_STATEMENTS.items():
         def step(key=key, zh=zh, en=en):
             holds, ev_zh, ev_en = truths[key]
-            answer = answers.get(key)
+            answer = _as_bool(answers.get(key))
             what = (f"[{key}] {zh}", f"[{key}] {en}")
             if answer is None:
                 return Check(
