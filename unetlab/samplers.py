@@ -22,7 +22,7 @@ from numbers import Integral
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .schedule import NoiseSchedule
 

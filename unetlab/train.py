@@ -50,7 +50,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .data import TRAIN_SEED, make_shapes
 from .schedule import NoiseSchedule

@@ -162,7 +162,7 @@ def check_psnr_table(table, models: dict | None = None):
             ref = variants["reference"][row]
             if _close(given, ref, TOLERANCE_DB):
                 shown = ", ".join(f"t={t}: {ref[t]:.2f}" for t in HOMEWORK_TIMESTEPS)
-                return Check(*what, True, shown, shown)
+                return Check(*what, True, f"重新计算（dB）：{shown}", f"recomputed (dB): {shown}")
             worst = max(HOMEWORK_TIMESTEPS, key=lambda t: abs(given[t] - ref[t]))
             detail = (f"t={worst}: 你的值 {given[worst]:.4f}，重新计算得 {ref[worst]:.2f} dB",
                       f"t={worst}: yours {given[worst]:.4f}, recomputed {ref[worst]:.2f} dB")
