@@ -118,6 +118,7 @@ def plot_frequencies(
         (l0, w0), (l1, w1) = items
         axes[2].plot(np.arange(len(w0)), w0 / w1, lw=1.5, color="C2")
         axes[2].set_xlabel("frequency index i")
+        axes[2].set_ylabel("w_i ratio")
         axes[2].set_title(f"ratio: {l0} / {l1}", fontsize=9)
     if title:
         fig.suptitle(title)
