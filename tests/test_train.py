@@ -65,11 +65,15 @@ def test_shipped_checkpoint_command_replays_its_first_steps(name):
     entry = read_manifest()[name]
     argv = shlex.split(entry["command"])
     assert argv[:4] == ["python", "-m", "unetlab", "train"]
-    args = cli.build_parser().parse_args(argv[3:])
+    args = cli.build_parser("train").parse_args(argv[3:])
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = train(args.recipe, steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
-                   progress=False, stop_after=3)
+    try:
+        result = train(args.recipe, steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
+                       progress=False, stop_after=3)
+    finally:
+        torch.set_num_threads(threads)
     stored = read_metadata(DATA_DIR / entry["file"])["loss_curve"]
     assert len(stored) == entry["steps"]
     assert result.losses == pytest.approx(stored[:3], rel=1e-4)
