@@ -52,6 +52,14 @@ _EXPORTS = {
     "TextEncoder": "unetlab.text",
     "TextToImage": "unetlab.text2img",
     "load_text2img": "unetlab.text2img",
+    # data, diffusion basics, checkpoints (shared by chapters 3-6)
+    "make_shapes": "unetlab.data",
+    "ShapesDataset": "unetlab.data",
+    "NoiseSchedule": "unetlab.schedule",
+    "psnr": "unetlab.schedule",
+    "DDPMSampler": "unetlab.samplers",
+    "DDIMSampler": "unetlab.samplers",
+    "load_checkpoint": "unetlab.checkpoints",
 }
 
 _SUBMODULES = {"configs", "homework", "data", "schedule", "samplers", "train", "tracing", "sd", "plots", "text", "capture"}
