@@ -437,8 +437,8 @@ def _pattern_truths(dim: int = 320, num_timesteps: int = 1000) -> dict[str, tupl
     end = float(sim[0, -1])
     out["ends_orthogonal"] = (
         abs(end) < 0.05,
-        f"sim(0, {num_timesteps - 1}) = {end:.4f}：周期长于 {num_timesteps} 步的维度几乎不动，所以相似度到不了 0。",
-        f"sim(0, {num_timesteps - 1}) = {end:.4f}: dimensions with periods longer than {num_timesteps} steps barely move, so it never reaches 0.",
+        f"sim(0, {num_timesteps - 1}) = {end:.4f}：周期远长于 {num_timesteps} 步的维度几乎不动，所以相似度到不了 0。",
+        f"sim(0, {num_timesteps - 1}) = {end:.4f}: dimensions with periods far longer than {num_timesteps} steps barely move, so it never reaches 0.",
     )
 
     # mean |e(t+1) - e(t)| per column; compare the first and last quarter of each half
