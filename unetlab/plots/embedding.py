@@ -133,9 +133,12 @@ def plot_similarity_matrix(sim, timesteps, *, title: str = "", ax=None, vmin: fl
     if s.shape != (len(t), len(t)):
         raise ValueError(f"sim must have shape ({len(t)}, {len(t)}) to match timesteps, got {s.shape}")
     fig, ax = (plt.subplots(figsize=(5.2, 4.4)) if ax is None else (ax.figure, ax))
+    # pixel i is centred on t[i]: the image reaches half a step beyond the first and last timestep
+    half = (t[-1] - t[0]) / (len(t) - 1) / 2 if len(t) > 1 else 0.5
+    lo, hi = t[0] - half, t[-1] + half
     im = ax.imshow(
         s, cmap="viridis", vmin=min(float(s.min()), 0.0) if vmin is None else vmin, vmax=1,
-        extent=(t[0], t[-1], t[-1], t[0]), interpolation="nearest",
+        extent=(lo, hi, hi, lo), interpolation="nearest",
     )
     ax.set_xlabel("timestep t2")
     ax.set_ylabel("timestep t1")
