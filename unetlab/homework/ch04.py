@@ -31,6 +31,8 @@ __all__ = ["check_embedding", "check_similarity_matrix", "check_pattern_answers"
 _CHECK_TIMESTEPS = torch.tensor([0, 1, 7, 50, 333, 999])
 _CHECK_DIMS = (320, 64, 8)
 _ATOL = 1e-4
+# one name for the type/shape/dtype check, whichever part of it fails, so a re-run shows the same line
+_RETURNS = ("返回 float32 张量，形状 (B, dim)", "returns a float32 tensor of shape (B, dim)")
 
 
 def _sd(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -129,7 +131,7 @@ def check_embedding(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Feedback
         out = call(_CHECK_TIMESTEPS, 320)
         if not isinstance(out, torch.Tensor):
             return Check(
-                "返回 torch.Tensor，形状 (B, dim)，float32", "returns a float32 torch.Tensor of shape (B, dim)", False,
+                *_RETURNS, False,
                 detail_zh=f"返回的是 {type(out).__name__}。", detail_en=f"returned a {type(out).__name__}.",
                 hint_zh="用 torch 运算（torch.sin、torch.cos、torch.cat）并返回张量。",
                 hint_en="Use torch operations (torch.sin, torch.cos, torch.cat) and return the tensor.",
@@ -144,20 +146,20 @@ def check_embedding(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Feedback
                 hint = ("只有一半的维度：cos 和 sin 要拼接起来（torch.cat(..., dim=-1)）。",
                         "Only half the dims: concatenate cos and sin (torch.cat(..., dim=-1)).")
             return Check(
-                "返回形状 (B, dim)", "returns shape (B, dim)", False,
+                *_RETURNS, False,
                 detail_zh=f"B={want[0]}、dim=320 时得到 {tuple(out.shape)}，应为 {want}。",
                 detail_en=f"for B={want[0]}, dim=320 got {tuple(out.shape)}, expected {want}.",
                 hint_zh=hint[0], hint_en=hint[1],
             )
         if out.dtype != torch.float32:
             return Check(
-                "返回 float32", "returns float32", False,
+                *_RETURNS, False,
                 detail_zh=f"输入是 int64 的时间步，返回的 dtype 是 {out.dtype}。",
                 detail_en=f"with int64 timesteps the result has dtype {out.dtype}.",
                 hint_zh="先把时间步转成浮点：t.float()；频率也用 float32 计算。",
                 hint_en="Convert the timesteps to float first (t.float()) and compute the frequencies in float32.",
             )
-        return Check("返回 float32 张量，形状 (B, dim)", "returns a float32 tensor of shape (B, dim)", True)
+        return Check(*_RETURNS, True)
 
     def values(dim: int):
         def step():
@@ -285,7 +287,7 @@ def check_similarity_matrix(sim, timesteps, dim: int = 320) -> Feedback:
                 hint_zh=hint[0], hint_en=hint[1],
             )
         state["sim"] = s.cpu()
-        return Check("sim 的形状是 (N, N)", "sim has shape (N, N)", True, detail_zh=f"N = {n}", detail_en=f"N = {n}")
+        return Check("sim 是 (N, N) 张量", "sim is an (N, N) tensor", True, detail_zh=f"N = {n}", detail_en=f"N = {n}")
 
     def diagonal_is_one():
         s = state["sim"]
@@ -303,7 +305,7 @@ def check_similarity_matrix(sim, timesteps, dim: int = 320) -> Feedback:
             hint = ("余弦相似度：把每个嵌入归一化为单位长度，再两两点积。",
                     "Cosine similarity: normalise every embedding to unit length, then take all dot products.")
         return Check(
-            "对角线全为 1", "the diagonal is 1", False,
+            "对角线全为 1（每个嵌入与自己完全相似）", "the diagonal is 1 (each embedding is fully similar to itself)", False,
             detail_zh=f"对角线的值在 {diag.min():.3f} 到 {diag.max():.3f} 之间。",
             detail_en=f"diagonal values range from {diag.min():.3f} to {diag.max():.3f}.",
             hint_zh=hint[0], hint_en=hint[1],
