@@ -3,11 +3,13 @@
 HF_HUB_OFFLINE is set before any test imports diffusers/transformers, and it is
 inherited by the Jupyter kernels nbval starts. A session-wide fixture makes any
 attempt to open a non-loopback network connection fail the test that made it.
+Each test runs with one torch thread (see ``_one_torch_thread``).
 """
 import os
 import socket
 
 import pytest
+import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -23,6 +25,20 @@ def _is_local(address) -> bool:
     else:  # AF_UNIX paths and the like
         return True
     return host.startswith(_LOOPBACK)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread per test, restored afterwards.
+
+    The test models are small: on a 2-core machine that is busy with anything else, two
+    OpenMP threads waiting for each other made a tiny forward up to 80x slower, while one
+    thread costs the few full-size tests at most a factor of two.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class NetworkAccessError(RuntimeError):

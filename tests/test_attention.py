@@ -22,14 +22,6 @@ from unetlab.attention import (
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def randomise(module: torch.nn.Module, seed: int = 0) -> None:
     """Every parameter random (norm scales near 1), so no zero-init hides a wiring mistake."""
     g = torch.Generator().manual_seed(seed)

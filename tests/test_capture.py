@@ -28,16 +28,6 @@ def _inputs(cfg, batch=2, h=16, w=16, tokens=7, seed=0):
     return sample, context, added
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy shared 2-core CPU, two threads waiting for each other
-    make these tiny forwards many times slower. Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)

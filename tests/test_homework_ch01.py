@@ -12,15 +12,6 @@ from unetlab.homework.ch01 import PARTS, SHAPE_POINTS, has_skip_connections, lay
 from unetlab.simple_unet import DownBlock, ResBlock, SimpleUNet, TimeEmbedding, UpBlock
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # small models: one thread is much faster than two on a shared, loaded CPU
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def failed_text(feedback: Feedback) -> str:
     return "\n".join(f"{c.what_en} {c.detail_en} {c.hint_en}" for c in feedback.failed())
 

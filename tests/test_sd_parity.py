@@ -17,15 +17,6 @@ from unetlab.sd.unet import SDUNet
 REL_TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy shared CPU, two threads that wait for each other made
-    a tiny forward 80× slower (26 s instead of 0.3 s). Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # SDXL's block types, transformer depths (1, 2, 10) and text_time add-embedding, at a width a CPU test affords
 SDXL_NARROW = SDXL.replace(
     name="sdxl-narrow",

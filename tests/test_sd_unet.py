@@ -8,14 +8,6 @@ from unetlab.configs import PRESETS, SD15, SDXL, TINY, TINY_XL, UNetConfig, get_
 from unetlab.sd.unet import SDUNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)

@@ -12,14 +12,6 @@ from unetlab.simple_unet import DownBlock, ResBlock, SimpleUNet, TimeEmbedding, 
 from unetlab.tracing import trace_shapes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # small models: one thread is much faster than two on a shared, loaded CPU
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 _GroupNorm = nn.GroupNorm
 
 

@@ -11,15 +11,6 @@ from unetlab.simple_unet import ResBlock, SimpleUNet
 from unetlab.tracing import ShapeTrace, TraceRow, trace_shapes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # small models: one thread is much faster than two on a shared, loaded CPU
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def simple_trace():
     torch.manual_seed(0)
