@@ -5,7 +5,7 @@
 
 For every setting the two models run interleaved after warm-up; the table gives the median
 time of each, the ratio unetlab/diffusers (below 1 means unetlab is faster), achieved TFLOP/s
-against the FLOPs one forward costs (counted by torch's FlopCounterMode on the model itself),
+against the FLOPs one forward costs (counted by torch's FlopCounterMode on the meta device),
 and on CUDA the peak memory of each model's forward.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import itertools
 
 import torch
 
-from common import count_flops, header, interleaved_medians, save
+from common import header, interleaved_medians, save, unet_flops
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -90,9 +90,8 @@ def main() -> None:
             def f_ref():
                 return run_ref(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
 
-            # FLOPs of one eager forward (compiling changes the kernels, not the arithmetic)
-            with torch.inference_mode():
-                flops = count_flops(lambda: ours(sample, timestep, context))
+            # FLOPs of one forward (compiling changes the kernels, not the arithmetic)
+            flops = unet_flops(config, batch, args.latent)
             medians = interleaved_medians(
                 {"unetlab": f_ours, "diffusers": f_ref}, device=args.device, warmup=args.warmup, repeats=args.repeats
             )
