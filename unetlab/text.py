@@ -2,7 +2,7 @@
 
 Stable Diffusion reads a caption with CLIP: a BPE tokenizer (49,408 tokens, 77 positions) and a
 12-layer transformer (123 M parameters) trained on 400 M image–text pairs. The captions of
-:mod:`unetlab.data` use 25 words, so the course trains its own, tiny encoder jointly with the UNet
+:mod:`unetlab.data` use 21 words, so the course trains its own, tiny encoder jointly with the UNet
 (``unetlab.text2img``): nothing is downloaded, and it trains in minutes on a CPU.
 
 ``WordTokenizer``

@@ -106,6 +106,7 @@ class TrainResult:
     metadata: dict
     seconds: float
     path: Path | None = None
+    cpu_seconds: float | None = None
 
 
 _RECIPES: dict[str, Recipe] = {}
@@ -243,7 +244,7 @@ def train(
     run_steps = steps if stop_after is None else min(steps, _positive_int("stop_after", stop_after))
 
     losses: list[float] = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(range(run_steps), disable=not progress, desc=f"train {r.name}")
     for step in bar:
         for group in optimizer.param_groups:
@@ -259,7 +260,7 @@ def train(
         losses.append(float(loss.detach()))
         if step % 10 == 0 or step == run_steps - 1:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     model.eval()
 
     metadata = {
@@ -280,7 +281,7 @@ def train(
     path = None
     if out is not None:
         path = save_checkpoint(model, metadata, out)
-    return TrainResult(model=model, losses=losses, metadata=metadata, seconds=seconds, path=path)
+    return TrainResult(model=model, losses=losses, metadata=metadata, seconds=seconds, path=path, cpu_seconds=cpu_seconds)
 
 
 def save_checkpoint(model: nn.Module, metadata: dict, path: str | Path) -> Path:
@@ -330,7 +331,7 @@ def cli_run(args) -> int:
     if to_data:
         entry = checkpoints.register_checkpoint(
             recipe.name, out, command=command, metadata=result.metadata,
-            extra={"train_seconds": round(result.seconds, 1), "device": args.device or "cpu",
+            extra={"train_seconds": round(result.seconds, 1), "cpu_seconds": round(result.cpu_seconds, 1), "device": args.device or "cpu",
                    "threads": torch.get_num_threads(), "torch": torch.__version__},
         )
         print(f"wrote {out} ({entry['bytes']:,} bytes, sha256 {entry['sha256']}) and updated data/CHECKPOINTS.md")
