@@ -12,12 +12,11 @@ from unetlab.text2img import (
 )
 from unetlab.train import get_recipe
 
-# thresholds the shipped checkpoint must reach (the issue asks for IoU >= 0.5). Measured on the shipped
-# checkpoint (48 held-out captions, s = 3, 25 steps): colour 0.81, shape 0.17, both 0.15. The shapes
-# are not yet rendered recognisably (shape accuracy is at chance, 0.25), so only colour and "both"
-# (chance: 1/24 ≈ 0.04) have floors, set below the measured values.
+# thresholds the shipped checkpoint must reach (the issue asks for IoU >= 0.5; the caption-accuracy
+# floors sit below the measured values reported in chapter 6, so a retrained model of the same
+# quality passes while a broken one fails)
 MIN_IOU = 0.5
-MIN_COLOUR = 0.7
+MIN_COLOUR = 0.8
 # Shape is NOT learned by the shipped checkpoint: it draws the right colour in the right place but
 # not the right shape (0.17 over 48 held-out captions, chance 0.25; the pixel classifier itself reads
 # 99.5 % of real held-out shapes right). Chapters 5 and 6 state this; no shape threshold is asserted.
