@@ -147,21 +147,14 @@ class _Traced:
 
 
 def _config_of(config_or_name: Any):
-    from unetlab.configs import UNetConfig, get_config
+    """A model's own config, or whatever ``count._resolve_config`` accepts (name, UNetConfig, diffusers dict)."""
+    from unetlab.configs import UNetConfig
+    from unetlab.sd.count import _resolve_config
 
-    if isinstance(config_or_name, UNetConfig):
-        return config_or_name
-    if isinstance(config_or_name, str):
-        try:
-            return get_config(config_or_name)
-        except KeyError as exc:
-            raise ValueError(exc.args[0]) from None
     config = getattr(config_or_name, "config", None)
     if isinstance(config, UNetConfig):
         return config
-    raise TypeError(
-        f"expected a preset name (e.g. 'sd15'), a UNetConfig or an SDUNet; got {type(config_or_name).__name__}"
-    )
+    return _resolve_config(config_or_name)
 
 
 def _meta_inputs(config, latent: int, batch: int = 1, tokens: int = 77) -> tuple[tuple, dict]:
