@@ -18,20 +18,10 @@ from unetlab.attention import (
     attention_backend,
 )
 
+from helpers import randomise
+
 # diffusers' transformer_2d module warns about its own deprecated output class on use
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
-
-def randomise(module: torch.nn.Module, seed: int = 0) -> None:
-    """Every parameter random (norm scales near 1), so no zero-init hides a wiring mistake."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim > 1:
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
-            else:
-                centre = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-                p.copy_(centre + 0.1 * torch.randn(p.shape, generator=g))
 
 
 def copy_into(ours: torch.nn.Module, ref: torch.nn.Module) -> None:

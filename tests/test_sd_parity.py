@@ -14,6 +14,8 @@ import torch
 from unetlab.configs import PRESETS, SD15, SD21, SDXL, TINY, TINY_21, TINY_XL, UNetConfig
 from unetlab.sd.unet import SDUNet
 
+from helpers import randomise
+
 REL_TOL = 1e-4
 
 
@@ -34,17 +36,7 @@ def random_diffusers_unet(config: UNetConfig, seed: int = 0) -> diffusers.UNet2D
     with torch.device("meta"):
         ref = diffusers.UNet2DConditionModel(**config.to_diffusers())
     ref = ref.to_empty(device="cpu").eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if p.ndim > 1:
-                # weights: N(0, 1/fan_in) keeps activations O(1) through the whole network
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
-            else:
-                # biases around 0, norm scales around 1, both clearly non-trivial
-                centre = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-                p.copy_(centre + 0.1 * torch.randn(p.shape, generator=g))
-    return ref
+    return randomise(ref, seed)
 
 
 def ours_from(ref: diffusers.UNet2DConditionModel, config: UNetConfig, share: bool = True) -> SDUNet:

@@ -29,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "UNetConfig",
+    "resolve_config",
     "SD15",
     "SD21",
     "SDXL",
@@ -373,3 +374,25 @@ def get_config(name: str) -> UNetConfig:
     if key not in PRESETS:
         raise KeyError(f"unknown UNet config {name!r}; known: {', '.join(PRESETS)}")
     return PRESETS[key]
+
+
+def resolve_config(config: Any) -> UNetConfig:
+    """One way in for every function that takes "a config": a preset name, a ``UNetConfig`` or a diffusers dict.
+
+    A name goes through :func:`get_config` (an unknown one raises ``ValueError`` naming the presets),
+    a mapping through :meth:`UNetConfig.from_diffusers`; anything else raises ``TypeError``.
+    """
+    from collections.abc import Mapping
+
+    if isinstance(config, UNetConfig):
+        return config
+    if isinstance(config, str):
+        try:
+            return get_config(config)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+    if isinstance(config, Mapping):
+        return UNetConfig.from_diffusers(dict(config))
+    raise TypeError(
+        f"config must be a preset name (e.g. 'sd15'), a UNetConfig or a diffusers config dict, got {type(config).__name__}"
+    )

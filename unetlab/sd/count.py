@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from unetlab.configs import resolve_config
 from unetlab.sd.tables import Table
 
 __all__ = [
@@ -64,29 +65,11 @@ _PART_TYPES = {
 _BLOCK_LISTS = ("down_blocks", "up_blocks")
 
 
-def _resolve_config(config_or_name: Any):
-    """A preset name / UNetConfig / diffusers dict -> UNetConfig."""
-    from unetlab.configs import UNetConfig, get_config
-
-    if isinstance(config_or_name, UNetConfig):
-        return config_or_name
-    if isinstance(config_or_name, str):
-        try:
-            return get_config(config_or_name)
-        except KeyError as exc:
-            raise ValueError(exc.args[0]) from None
-    if isinstance(config_or_name, dict):
-        return UNetConfig.from_diffusers(config_or_name)
-    raise TypeError(
-        f"expected a preset name (e.g. 'sd15'), a UNetConfig or a UNet module; got {type(config_or_name).__name__}"
-    )
-
-
 def meta_unet(config_or_name: Any) -> nn.Module:
     """``SDUNet(config)`` built on the meta device: shapes without storage (instant for SDXL)."""
     from unetlab.sd.unet import SDUNet
 
-    config = _resolve_config(config_or_name)
+    config = resolve_config(config_or_name)
     with torch.device("meta"):
         return SDUNet(config)
 
@@ -156,7 +139,7 @@ def count_params(model_or_config_or_name: Any = "sd15") -> ParamCount:
         model = model_or_config_or_name
         title = f"{type(model).__name__} parameters"
     else:
-        config = _resolve_config(model_or_config_or_name)
+        config = resolve_config(model_or_config_or_name)
         model = meta_unet(config)
         title = f"{config.name} UNet parameters"
     counts: OrderedDict[str, dict[str, int]] = OrderedDict()
@@ -218,7 +201,7 @@ _TEXT_ENCODERS = {
 
 
 def _model_key(name: str) -> str:
-    key = _resolve_config(name).name
+    key = resolve_config(name).name
     if key not in _TEXT_ENCODERS:
         raise ValueError(f"component counts exist for {sorted(_TEXT_ENCODERS)}, not {name!r}")
     return key

@@ -48,6 +48,7 @@ from typing import Any, Mapping
 
 import torch
 
+from unetlab.configs import resolve_config
 from unetlab.sd.ldm_keys import LDM_UNET_PREFIX, KeyMap, ldm_to_diffusers
 
 __all__ = [
@@ -205,21 +206,6 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> str:
     return _CONTEXT_DIM_TO_PRESET[dim]
 
 
-def _resolve_config(config: Any):
-    from unetlab.configs import UNetConfig, get_config
-
-    if isinstance(config, UNetConfig):
-        return config
-    if isinstance(config, str):
-        try:
-            return get_config(config)
-        except KeyError as exc:
-            raise ValueError(exc.args[0]) from None
-    if isinstance(config, Mapping):
-        return UNetConfig.from_diffusers(dict(config))
-    raise TypeError(f"config must be a preset name, a UNetConfig or a diffusers config dict, got {type(config).__name__}")
-
-
 # ---- putting weights into the model -----------------------------------------------------------
 def _match_projection_shapes(state_dict: dict, expected: Mapping[str, torch.Size]) -> None:
     """proj_in/proj_out stored as a 1x1 conv where the model has nn.Linear (or back): reshape."""
@@ -317,7 +303,7 @@ def _load_diffusers_folder(folder: Path, config, device, dtype, variant):
 
         config = UNetConfig.from_diffusers(raw, name=folder.parent.name if folder.name == "unet" else folder.name)
     else:
-        config = _resolve_config(config)
+        config = resolve_config(config)
     state_dict: dict[str, torch.Tensor] = {}
     for f in files:
         state_dict.update(read_state_dict(f))
@@ -334,7 +320,7 @@ def _load_single_file(path: Path, config, device, dtype):
             f"down_blocks…) nor LDM names ({LDM_UNET_PREFIX}input_blocks…).\n"
             + _short_list(list(raw)[:_LIST_MAX], "first key(s)")
         )
-    config = _resolve_config(config if config is not None else infer_config(raw))
+    config = resolve_config(config if config is not None else infer_config(raw))
     if layout == "diffusers":
         return _build(config, raw, str(path), device, dtype, [])
     state_dict, unknown = ldm_to_diffusers(raw, config, strict=False)

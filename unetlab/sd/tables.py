@@ -147,14 +147,13 @@ class _Traced:
 
 
 def _config_of(config_or_name: Any):
-    """A model's own config, or whatever ``count._resolve_config`` accepts (name, UNetConfig, diffusers dict)."""
-    from unetlab.configs import UNetConfig
-    from unetlab.sd.count import _resolve_config
+    """A model's own config, or whatever :func:`unetlab.configs.resolve_config` accepts (name, UNetConfig, diffusers dict)."""
+    from unetlab.configs import UNetConfig, resolve_config
 
     config = getattr(config_or_name, "config", None)
     if isinstance(config, UNetConfig):
         return config
-    return _resolve_config(config_or_name)
+    return resolve_config(config_or_name)
 
 
 def _meta_inputs(config, latent: int, batch: int = 1, tokens: int = 77) -> tuple[tuple, dict]:
