@@ -97,6 +97,25 @@ def test_training_loss_is_noise_prediction_mse():
     assert float(s.training_loss(zero, x0, generator=g1)) == float(s.training_loss(zero, x0, generator=g2))
 
 
+def test_training_loss_weighted_mean():
+    s = NoiseSchedule()
+    x0, noise, t = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2), torch.tensor([5, 5])
+    zero = lambda x_t, t_in: torch.zeros_like(x_t)  # noqa: E731
+    # squared errors all 1: any weighting gives 1
+    assert float(s.training_loss(zero, x0, t=t, noise=noise, weight=torch.rand(2, 1, 2, 2) + 0.1)) == pytest.approx(1.0)
+    # errors 4 on one pixel per image, 1 elsewhere; weight 3 there: (3*4 + 3*1) / (3 + 3) = 2.5
+    noise[:, :, 0, 0] = 2.0
+    weight = torch.ones(2, 1, 2, 2)
+    weight[:, :, 0, 0] = 3.0
+    assert float(s.training_loss(zero, x0, t=t, noise=noise, weight=weight)) == pytest.approx(2.5)
+    # a weight of ones is the plain MSE
+    assert float(s.training_loss(zero, x0, t=t, noise=noise, weight=torch.ones(1))) == pytest.approx(float((noise**2).mean()))
+    with pytest.raises(ValueError, match=">= 0"):
+        s.training_loss(zero, x0, t=t, noise=noise, weight=-weight)
+    with pytest.raises(ValueError, match="broadcast"):
+        s.training_loss(zero, x0, t=t, noise=noise, weight=torch.ones(3, 1, 2, 2))
+
+
 def test_training_loss_refuses_empty_batch_and_wrong_output():
     s = NoiseSchedule()
     with pytest.raises(ValueError, match="batch size"):

@@ -148,12 +148,15 @@ class NoiseSchedule:
         t=None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        weight: torch.Tensor | None = None,
         **cond,
     ) -> torch.Tensor:
         """The noise-prediction loss: ``MSE(model(x_t, t, **cond), eps)`` with x_t = add_noise(x0, eps, t).
 
         ``t`` and ``noise`` are drawn (from ``generator``) when not given; ``cond`` (e.g. ``context=``)
-        is passed through to the model.
+        is passed through to the model. ``weight`` (broadcastable to ``x0``, >= 0) makes it a weighted
+        mean ``Σ w·(ε̂ − ε)² / Σ w``: more weight where the errors matter most (``unetlab.text2img``
+        weights the object's pixels).
         """
         if not isinstance(x0, torch.Tensor) or x0.ndim < 2:
             raise ValueError("x0 must be a tensor of shape (B, C, ...)")
@@ -171,7 +174,17 @@ class NoiseSchedule:
         eps = model(x_t, t, **cond)
         if eps.shape != noise.shape:
             raise ValueError(f"the model returned shape {tuple(eps.shape)}, expected {tuple(noise.shape)} (the noise's shape)")
-        return F.mse_loss(eps, noise)
+        if weight is None:
+            return F.mse_loss(eps, noise)
+        # (B, C, H, W): the weight broadcast to every value
+        weight = torch.as_tensor(weight, dtype=eps.dtype, device=eps.device)
+        try:
+            weight = weight.expand_as(eps)
+        except RuntimeError:
+            raise ValueError(f"weight of shape {tuple(weight.shape)} does not broadcast to {tuple(eps.shape)}") from None
+        if bool((weight < 0).any()) or not bool(weight.sum() > 0):
+            raise ValueError("weight must be >= 0 everywhere and not all zero")
+        return (weight * (eps - noise) ** 2).sum() / weight.sum()
 
 
 def psnr(estimate: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, reduce: bool = True) -> torch.Tensor:
