@@ -14,8 +14,12 @@ Training (``python -m unetlab train text2img``)
     The recipe ``"text2img"`` (registered here with :mod:`unetlab.train`) runs the usual
     noise-prediction loss; **caption dropout** replaces a fraction :data:`CAPTION_DROPOUT` of the
     captions by the empty caption ``""``, so the same network also learns the unconditional
-    prediction that classifier-free guidance needs. A **grounding loss** (:func:`grounding_loss`,
-    TokenCompose's token loss) pulls the cross-attention of the colour and shape words onto the
+    prediction that classifier-free guidance needs. The noise loss is **weighted on the object**
+    (:func:`object_weight`: the shape and a one-pixel ring around it count ``1 + OBJECT_WEIGHT`` times):
+    the four shapes differ only along their edges, a wrong shape is about 1 % of a plain MSE, and with a
+    plain MSE even 1800 steps × 32 drew every shape as the same blob (shape accuracy 0.23 on 96
+    held-out captions, guessing 0.25; with the weight, 1700 steps: 0.71, measured on 2026-11-27).
+    A **grounding loss** (:func:`grounding_loss`, TokenCompose's token loss) pulls the cross-attention of the colour and shape words onto the
     shape's mask: without it, a run of this size spreads cross-attention almost evenly over the 12
     positions (the averaged values already carry the whole caption) and no word's map localises
     (measured: IoU 0.09 on the training stream).
