@@ -38,18 +38,30 @@ def _transformer(channels, heads, layers, cross_attention_dim, groups, use_linea
     )
 
 
+def _transformers(num_layers, channels, heads, layers, cross_attention_dim, groups, use_linear_projection,
+                  upcast_attention) -> nn.ModuleList:
+    # one spatial transformer after each ResNet of a block
+    return nn.ModuleList(
+        [_transformer(channels, heads, layers, cross_attention_dim, groups, use_linear_projection, upcast_attention)
+         for _ in range(num_layers)]
+    )
+
+
+def _down_resnets(num_layers, in_channels, out_channels, time_embed_dim, groups, eps, dropout) -> nn.ModuleList:
+    # the first ResNet changes the width (in -> out), the others keep it
+    return nn.ModuleList(
+        [ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, time_embed_dim, groups, eps, dropout)
+         for i in range(num_layers)]
+    )
+
+
 class DownBlock2D(nn.Module):
     """``num_layers`` ResNets, then (unless last) a stride-2 downsampler."""
 
     def __init__(self, in_channels, out_channels, time_embed_dim, num_layers=2, add_downsample=True,
                  groups=32, eps=1e-5, dropout=0.0):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            [
-                ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, time_embed_dim, groups, eps, dropout)
-                for i in range(num_layers)
-            ]
-        )
+        self.resnets = _down_resnets(num_layers, in_channels, out_channels, time_embed_dim, groups, eps, dropout)
         self.downsamplers = nn.ModuleList([Downsample2D(out_channels)]) if add_downsample else None
 
     def forward(self, h, time_emb, context=None):
@@ -72,19 +84,9 @@ class CrossAttnDownBlock2D(nn.Module):
                  num_layers=2, transformer_layers=1, add_downsample=True, groups=32, eps=1e-5, dropout=0.0,
                  use_linear_projection=False, upcast_attention=False):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            [
-                ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, time_embed_dim, groups, eps, dropout)
-                for i in range(num_layers)
-            ]
-        )
-        self.attentions = nn.ModuleList(
-            [
-                _transformer(out_channels, num_attention_heads, transformer_layers, cross_attention_dim, groups,
-                             use_linear_projection, upcast_attention)
-                for _ in range(num_layers)
-            ]
-        )
+        self.resnets = _down_resnets(num_layers, in_channels, out_channels, time_embed_dim, groups, eps, dropout)
+        self.attentions = _transformers(num_layers, out_channels, num_attention_heads, transformer_layers,
+                                        cross_attention_dim, groups, use_linear_projection, upcast_attention)
         self.downsamplers = nn.ModuleList([Downsample2D(out_channels)]) if add_downsample else None
 
     def forward(self, h, time_emb, context):
@@ -112,13 +114,8 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         self.resnets = nn.ModuleList(
             [ResnetBlock2D(channels, channels, time_embed_dim, groups, eps, dropout) for _ in range(num_layers + 1)]
         )
-        self.attentions = nn.ModuleList(
-            [
-                _transformer(channels, num_attention_heads, transformer_layers, cross_attention_dim, groups,
-                             use_linear_projection, upcast_attention)
-                for _ in range(num_layers)
-            ]
-        )
+        self.attentions = _transformers(num_layers, channels, num_attention_heads, transformer_layers,
+                                        cross_attention_dim, groups, use_linear_projection, upcast_attention)
 
     def forward(self, h, time_emb, context):
         # (B, C, H, W) throughout
@@ -137,6 +134,15 @@ def _up_resnet_in_channels(i, num_layers, in_channels, out_channels, prev_output
     return h_channels + skip_channels
 
 
+def _up_resnets(num_layers, in_channels, out_channels, prev_output_channel, time_embed_dim, groups, eps,
+                dropout) -> nn.ModuleList:
+    return nn.ModuleList(
+        [ResnetBlock2D(_up_resnet_in_channels(i, num_layers, in_channels, out_channels, prev_output_channel),
+                       out_channels, time_embed_dim, groups, eps, dropout)
+         for i in range(num_layers)]
+    )
+
+
 class UpBlock2D(nn.Module):
     """``num_layers`` × (concatenate a skip → ResNet), then (unless last) an upsampler.
 
@@ -147,15 +153,8 @@ class UpBlock2D(nn.Module):
     def __init__(self, in_channels, out_channels, prev_output_channel, time_embed_dim, num_layers=3,
                  add_upsample=True, groups=32, eps=1e-5, dropout=0.0):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            [
-                ResnetBlock2D(
-                    _up_resnet_in_channels(i, num_layers, in_channels, out_channels, prev_output_channel),
-                    out_channels, time_embed_dim, groups, eps, dropout,
-                )
-                for i in range(num_layers)
-            ]
-        )
+        self.resnets = _up_resnets(num_layers, in_channels, out_channels, prev_output_channel, time_embed_dim,
+                                   groups, eps, dropout)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(self, h, skips, time_emb, context=None, upsample_size=None):
@@ -178,22 +177,10 @@ class CrossAttnUpBlock2D(nn.Module):
                  num_attention_heads, num_layers=3, transformer_layers=1, add_upsample=True, groups=32, eps=1e-5,
                  dropout=0.0, use_linear_projection=False, upcast_attention=False):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            [
-                ResnetBlock2D(
-                    _up_resnet_in_channels(i, num_layers, in_channels, out_channels, prev_output_channel),
-                    out_channels, time_embed_dim, groups, eps, dropout,
-                )
-                for i in range(num_layers)
-            ]
-        )
-        self.attentions = nn.ModuleList(
-            [
-                _transformer(out_channels, num_attention_heads, transformer_layers, cross_attention_dim, groups,
-                             use_linear_projection, upcast_attention)
-                for _ in range(num_layers)
-            ]
-        )
+        self.resnets = _up_resnets(num_layers, in_channels, out_channels, prev_output_channel, time_embed_dim,
+                                   groups, eps, dropout)
+        self.attentions = _transformers(num_layers, out_channels, num_attention_heads, transformer_layers,
+                                        cross_attention_dim, groups, use_linear_projection, upcast_attention)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(self, h, skips, time_emb, context, upsample_size=None):
