@@ -24,6 +24,7 @@ back under diffusers' name.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -377,13 +378,14 @@ def get_config(name: str) -> UNetConfig:
 
 
 def resolve_config(config: Any) -> UNetConfig:
-    """One way in for every function that takes "a config": a preset name, a ``UNetConfig`` or a diffusers dict.
+    """One way in for every function that takes "a config": a preset name, a ``UNetConfig``, a diffusers
+    config dict, or a model that carries its ``UNetConfig`` as ``.config`` (``SDUNet``).
 
     A name goes through :func:`get_config` (an unknown one raises ``ValueError`` naming the presets),
     a mapping through :meth:`UNetConfig.from_diffusers`; anything else raises ``TypeError``.
     """
-    from collections.abc import Mapping
-
+    if isinstance(getattr(config, "config", None), UNetConfig):
+        return config.config
     if isinstance(config, UNetConfig):
         return config
     if isinstance(config, str):
@@ -394,5 +396,6 @@ def resolve_config(config: Any) -> UNetConfig:
     if isinstance(config, Mapping):
         return UNetConfig.from_diffusers(dict(config))
     raise TypeError(
-        f"config must be a preset name (e.g. 'sd15'), a UNetConfig or a diffusers config dict, got {type(config).__name__}"
+        "config must be a preset name (e.g. 'sd15'), a UNetConfig, a diffusers config dict or an SDUNet, "
+        f"got {type(config).__name__}"
     )

@@ -15,11 +15,8 @@ Training (``python -m unetlab train text2img``)
     noise-prediction loss; **caption dropout** replaces a fraction :data:`CAPTION_DROPOUT` of the
     captions by the empty caption ``""``, so the same network also learns the unconditional
     prediction that classifier-free guidance needs. The noise loss is **weighted on the object**
-    (:func:`object_weight`: the shape and a one-pixel ring around it count ``1 + OBJECT_WEIGHT`` times):
-    the four shapes differ only along their edges, a wrong shape is about 1 % of a plain MSE, and with a
-    plain MSE even 1800 steps × 32 drew every shape as the same blob (shape accuracy 0.23 on 96
-    held-out captions, guessing 0.25; with the weight, 1700 steps: 0.71, measured on 2026-11-27).
-    A **grounding loss** (:func:`grounding_loss`, TokenCompose's token loss) pulls the cross-attention of the colour and shape words onto the
+    (:func:`object_weight`, which says why). A **grounding loss** (:func:`grounding_loss`,
+    TokenCompose's token loss) pulls the cross-attention of the colour and shape words onto the
     shape's mask: without it, a run of this size spreads cross-attention almost evenly over the 12
     positions (the averaged values already carry the whole caption) and no word's map localises
     (measured: IoU 0.09 on the training stream).
@@ -168,9 +165,10 @@ def object_weight(masks: torch.Tensor, extra: float | None = None) -> torch.Tens
 
     Why: the four shapes differ only along a few dozen edge pixels of a 32×32×3 image, so in a plain
     MSE the error a wrong shape makes is about 1 % of the loss, and a short run learns colour and place
-    but draws every shape as the same blob. Weighting the shape and a one-pixel ring around it (3×3 max
-    pooling of the mask) by ``1 + extra`` makes that error count. ``extra`` defaults to
-    :data:`OBJECT_WEIGHT`.
+    but draws every shape as the same blob (measured 2026-11-27: with a plain MSE even 1800 steps × 32
+    reached shape accuracy 0.23 on 96 held-out captions, guessing 0.25; with the weight, 1700 steps:
+    0.71). Weighting the shape and a one-pixel ring around it (3×3 max pooling of the mask) by
+    ``1 + extra`` makes that error count. ``extra`` defaults to :data:`OBJECT_WEIGHT`.
     """
     extra = OBJECT_WEIGHT if extra is None else float(extra)
     # (B, 1, H, W): the mask grown by one pixel, so the edges on both sides count
@@ -218,7 +216,8 @@ def grounding_loss(probs: Sequence[torch.Tensor], tokens: torch.Tensor, masks: t
 
 
 def text2img_loss(model: TextToImage, batch: dict, schedule: NoiseSchedule, generator: torch.Generator) -> torch.Tensor:
-    """Noise-prediction MSE with caption dropout, plus :data:`GROUNDING_WEIGHT` × :func:`grounding_loss`.
+    """Noise-prediction MSE (weighted by :func:`object_weight`) with caption dropout, plus
+    :data:`GROUNDING_WEIGHT` × :func:`grounding_loss`.
 
     Caption dropout: a random :data:`CAPTION_DROPOUT` of the captions become ``""`` (no grounding
     loss for those: they have no words). The grounding loss reads the cross-attention probabilities
@@ -230,12 +229,12 @@ def text2img_loss(model: TextToImage, batch: dict, schedule: NoiseSchedule, gene
     keep = [i for i, d in enumerate(drop.tolist()) if not d]
     probs: list[torch.Tensor] = []
     use_grounding = GROUNDING_WEIGHT > 0 and keep and "masks" in batch
+    weight = object_weight(batch["masks"]) if "masks" in batch else None
     handles = []
     if use_grounding:
         handles = [m.register_probs_hook(lambda module, p: probs.append(p[keep]))
                    for m in cross_attention_layers(model.unet)]
     try:
-        weight = object_weight(batch["masks"]) if OBJECT_WEIGHT > 0 and "masks" in batch else None
         loss = schedule.training_loss(model, batch["x0"], generator=generator, weight=weight, captions=captions)
     finally:
         for h in handles:
@@ -449,8 +448,8 @@ def caption_accuracy(
     """Sample one image for each of ``n`` held-out captions and check colour and shape on the pixels.
 
     Captions: images ``0 … n-1`` of the data stream ``seed`` (default: the held-out stream).
-    Returns ``{"colour": acc, "shape": acc, "both": acc, "n": n, "captions": [...], "predicted": [...],
-    "images": (n, 3, 32, 32)}`` with accuracies in [0, 1].
+    Returns ``{"colour": acc, "shape": acc, "both": acc, "n": n, "captions": [...], "labels": [ShapeLabel],
+    "predicted": [...], "images": (n, 3, 32, 32)}`` with accuracies in [0, 1].
     """
     if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
@@ -468,7 +467,7 @@ def caption_accuracy(
     both_ok = [c and s for c, s in zip(colour_ok, shape_ok)]
     return {
         "colour": sum(colour_ok) / n, "shape": sum(shape_ok) / n, "both": sum(both_ok) / n, "n": n,
-        "captions": captions, "predicted": predicted, "images": torch.cat(images),
+        "captions": captions, "labels": labels, "predicted": predicted, "images": torch.cat(images),
     }
 
 

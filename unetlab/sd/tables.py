@@ -47,6 +47,8 @@ from typing import Any, Sequence
 
 import torch
 
+from unetlab.configs import resolve_config
+
 __all__ = ["Table", "block_table", "skip_table", "io_table", "cli_trace"]
 
 
@@ -146,16 +148,6 @@ class _Traced:
         return [r for r in self.trace if r.path.startswith(block + ".")]
 
 
-def _config_of(config_or_name: Any):
-    """A model's own config, or whatever :func:`unetlab.configs.resolve_config` accepts (name, UNetConfig, diffusers dict)."""
-    from unetlab.configs import UNetConfig, resolve_config
-
-    config = getattr(config_or_name, "config", None)
-    if isinstance(config, UNetConfig):
-        return config
-    return resolve_config(config_or_name)
-
-
 def _meta_inputs(config, latent: int, batch: int = 1, tokens: int = 77) -> tuple[tuple, dict]:
     """Meta tensors for one forward: sample, timestep, context (+ SDXL's added_cond)."""
     meta = torch.device("meta")
@@ -172,7 +164,7 @@ def _meta_inputs(config, latent: int, batch: int = 1, tokens: int = 77) -> tuple
 
 
 def _traced(config_or_name: Any, latent: int | None, batch: int = 1) -> _Traced:
-    config = _config_of(config_or_name)
+    config = resolve_config(config_or_name)
     latent = config.sample_size if latent is None else latent
     if isinstance(latent, bool) or not isinstance(latent, int) or latent < 1:
         raise ValueError(f"latent must be a positive int (height = width of the latent), got {latent!r}")
@@ -364,7 +356,7 @@ def cli_trace(args) -> int:
         print()
     depth, pattern = getattr(args, "depth", None), getattr(args, "filter", None)
     if depth is not None or pattern is not None:
-        config = _config_of(args.model)
+        config = resolve_config(args.model)
         with torch.device("meta"):
             model = SDUNet(config)
         inputs, kwargs = _meta_inputs(config, config.sample_size if latent is None else latent, batch)
