@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m unetlab {trace,params,train,checkpoints}``.
+"""Command-line interface: ``python -m unetlab {trace,params,train,checkpoints,homework}``.
 
 Each subcommand lives in the module that does the work; that module defines
 ``cli_add_arguments(parser)`` and ``cli_run(args) -> int``. This file only wires
@@ -17,6 +17,7 @@ COMMANDS = {
     "params": ("unetlab.sd.count", "parameter counts of a Stable Diffusion UNet, by part"),
     "train": ("unetlab.train", "train one of the course's small models and write its checkpoint into data/"),
     "checkpoints": ("unetlab.checkpoints", "list the shipped checkpoints, verify their sha256"),
+    "homework": ("unetlab.homework.report", "your homework progress: every chapter's exercises and which passed"),
 }
 
 
