@@ -1,4 +1,4 @@
-"""Chapter 1 homework: seed 003's exercises "implement a UNet and verify each layer's shapes"
+"""Chapter 1 homework: study note 003's exercises "implement a UNet and verify each layer's shapes"
 and "parameter-count analysis".
 
 Three checkers, each answering in 中文 and English (what passed, what failed, a hint) and
@@ -117,16 +117,16 @@ def _param_share_truth(base_channels: int, use_skips: bool) -> dict[str, float]:
 def _typical_wrong_shares(base_channels: int, use_skips: bool) -> list[tuple[dict[str, float], str, str]]:
     """Shares that typical mistakes produce, each with the hint (zh, en) that explains it."""
     wrong = []
-    # the seed's up1: a ResBlock built for 2 * 64 = 128 input channels instead of 64 + 128
+    # study note 003's up1: a ResBlock built for 2 * 64 = 128 input channels instead of 64 + 128
     if use_skips:
         seed_like = _meta_model(base_channels)
         with torch.device("meta"):
             c = base_channels
             seed_like.up1 = UpBlock(2 * c, c, 4 * c, skip_channels=c)
         wrong.append((_shares(seed_like),
-                      f"这是种子代码里 up1 的参数量（ResBlock 按 {2 * c} 个输入通道构建）；"
+                      f"这是学习笔记 003 代码里 up1 的参数量（ResBlock 按 {2 * c} 个输入通道构建）；"
                       f"修正后的 up1 要接收 {c} + {2 * c} = {3 * c} 个通道。",
-                      f"These are the shares with the seed's up1 (a ResBlock built for {2 * c} input channels); the fixed "
+                      f"These are the shares with study note 003's up1 (a ResBlock built for {2 * c} input channels); the fixed "
                       f"up1 receives {c} + {2 * c} = {3 * c} channels."))
         wrong.append((param_share_truth(base_channels, use_skips=False),
                       "这是没有跳跃连接的模型（use_skips=False）的占比；请用 SimpleUNet() 默认的 use_skips=True。",
@@ -235,8 +235,8 @@ def _build(model_or_class, base_channels: int):
         hint_zh = "在 __init__ 的第一行调用 super().__init__()，然后再创建子模块。"
         hint_en = "Call super().__init__() on the first line of __init__, before creating any submodule."
     elif "divisible by num_groups" in str(error):
-        hint_zh = "GroupNorm 要求通道数能被组数整除：GroupNorm(8, 4) 不行。这正是种子代码的第一个错误。"
-        hint_en = "GroupNorm's group count must divide the channel count: GroupNorm(8, 4) fails. That is the seed's first bug."
+        hint_zh = "GroupNorm 要求通道数能被组数整除：GroupNorm(8, 4) 不行。这正是学习笔记 003 代码的第一个错误。"
+        hint_en = "GroupNorm's group count must divide the channel count: GroupNorm(8, 4) fails. That is the first bug of study note 003's code."
     return None, Check(*what, False, detail, detail, hint_zh, hint_en)
 
 
@@ -422,9 +422,9 @@ def check_layer_shapes(predictions) -> Feedback:
                     f"Work layer by layer from {SHAPE_INPUT}: a stride-2 conv halves H and W, "
                     "ConvTranspose2d(4, stride=2, padding=1) doubles them.")
             if point.endswith("res input") and len(got) == 4 and len(want) == 4 and got[1] != want[1]:
-                hint = ("ResBlock 的输入是上采样结果与跳跃连接的拼接：通道数是两者之和（种子代码在 up1 正是错在这里）。",
+                hint = ("ResBlock 的输入是上采样结果与跳跃连接的拼接：通道数是两者之和（学习笔记 003 的代码在 up1 正是错在这里）。",
                         "The ResBlock's input is the upsampled features concatenated with the skip: the channels add up "
-                        "(exactly what the seed's up1 got wrong).")
+                        "(exactly what study note 003's up1 got wrong).")
             elif point == "time_embed output":
                 hint = ("TimeEmbedding(64) 的 MLP 输出 4 × 64 维。", "TimeEmbedding(64)'s MLP outputs 4 × 64 features.")
             fb.add(Check(*what, False, f"你的预测 {got}，不对。", f"your prediction {got} is not right.", *hint))

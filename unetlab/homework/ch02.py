@@ -196,8 +196,8 @@ def check_component_shares(answer) -> Feedback:
                 if got > 1 and abs(got / 100 - truth[key]) <= 0.01:
                     hint_zh, hint_en = "这是百分数；请写成小数 (除以 100)。", "That is a percentage; give a fraction (divide by 100)."
                 elif abs(got - truth[key]) <= 0.01:
-                    hint_zh = "很接近，但舍入太多了 (种子 001 的 12%、8%、80% 就是舍入过的)。直接用参数量相除，不要先舍入。"
-                    hint_en = ("Close, but rounded too much (seed 001's 12%, 8%, 80% are rounded). "
+                    hint_zh = "很接近，但舍入太多了 (学习笔记 001 的 12%、8%、80% 就是舍入过的)。直接用参数量相除，不要先舍入。"
+                    hint_en = ("Close, but rounded too much (study note 001's 12%, 8%, 80% are rounded). "
                                "Divide the counts directly, don't round first.")
                 elif abs(got - counts[key] / counts["unet"]) <= tol and key != "unet":
                     hint_zh = "你除以的是 UNet 的参数量；分母应是三个组件的总和。"
@@ -413,9 +413,9 @@ def _skip_hint(got, want, config) -> tuple[str, str]:
         totals_ok = all(sum(a) == sum(b) for g, w in zip(got, want) for a, b in zip(g, w))
         seed_style = all(a[0] == a[1] for g in got for a in g)
         if seed_style:
-            return ("跳跃连接的通道数不总等于 hidden 的通道数 (种子 000 表格的简化)。把下采样路径上每个被收集的张量"
+            return ("跳跃连接的通道数不总等于 hidden 的通道数 (学习笔记 000 表格的简化)。把下采样路径上每个被收集的张量"
                     "按顺序列出来，再从尾部往前弹出。",
-                    "A skip does not always have the hidden state's channels (the simplification in seed 000's table). "
+                    "A skip does not always have the hidden state's channels (the simplification in study note 000's table). "
                     "List every tensor the down path collects, in order, then pop from the end.")
         if hiddens_ok and not totals_ok:
             return ("hidden 对了，跳跃连接不对：跳跃连接是 conv_in 的输出、每个下采样 ResNet (及其 Transformer) 的输出、"

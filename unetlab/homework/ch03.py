@@ -1,4 +1,4 @@
-"""Chapter 3 homework: seed 003's "skip-connection experiment", checked on the learner's own numbers.
+"""Chapter 3 homework: study note 003's "skip-connection experiment", checked on the learner's own numbers.
 
 The learner noises the first ``HOMEWORK_IMAGES`` held-out shapes images to each step in
 ``HOMEWORK_TIMESTEPS`` (noise: ``fixed_noise(x0.shape, HOMEWORK_NOISE_SEED)``), lets both shipped

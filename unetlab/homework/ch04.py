@@ -1,4 +1,4 @@
-"""Chapter 4 homework: timestep embeddings (seed 003's "visualise the embedding at different
+"""Chapter 4 homework: timestep embeddings (study note 003's "visualise the embedding at different
 timesteps and describe the pattern", made checkable).
 
 * :func:`check_embedding` — the learner writes Stable Diffusion's sinusoidal embedding
@@ -44,16 +44,16 @@ def _sd(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 # (name, flip, shift) of the variants a learner most often writes instead of SD's
 _VARIANTS = {
-    "seed003": (False, 1.0),  # seed 003's TimeEmbedding: [sin | cos], i / (half - 1)
+    "seed003": (False, 1.0),  # study note 003's TimeEmbedding: [sin | cos], i / (half - 1)
     "no_flip": (False, 0.0),  # right frequencies, [sin | cos] order
     "shift1": (True, 1.0),  # right order, i / (half - 1)
 }
 
 _VARIANT_HINTS = {
     "seed003": (
-        "这是种子 003 的公式（先 sin 后 cos，指数除以 half − 1）。SD 用 flip_sin_to_cos=True（先 cos 后 sin）"
+        "这是学习笔记 003 的公式（先 sin 后 cos，指数除以 half − 1）。SD 用 flip_sin_to_cos=True（先 cos 后 sin）"
         "和 downscale_freq_shift=0（指数除以 half）。",
-        "This is seed 003's formula ([sin | cos], exponent divided by half − 1). SD uses "
+        "This is study note 003's formula ([sin | cos], exponent divided by half − 1). SD uses "
         "flip_sin_to_cos=True ([cos | sin]) and downscale_freq_shift=0 (divide by half).",
     ),
     "no_flip": (
@@ -328,8 +328,8 @@ def check_similarity_matrix(sim, timesteps, dim: int = 320) -> Feedback:
         else:
             seed_sim = _cosine_similarity(sinusoidal_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=1))
             if torch.allclose(s, seed_sim, atol=1e-3):
-                hint = ("这是种子 003 公式的相似度（除以 half − 1）。用 SD 的 downscale_freq_shift=0。",
-                        "This is the similarity of seed 003's formula (divides by half − 1). Use SD's downscale_freq_shift=0.")
+                hint = ("这是学习笔记 003 公式的相似度（除以 half − 1）。用 SD 的 downscale_freq_shift=0。",
+                        "This is the similarity of study note 003's formula (divides by half − 1). Use SD's downscale_freq_shift=0.")
             else:
                 for other in {64, 128, 256, 320} - {dim}:
                     if torch.allclose(s, _cosine_similarity(_sd(t, other)), atol=1e-3):
@@ -372,8 +372,8 @@ PATTERN_STATEMENTS: dict[str, tuple[str, str]] = {
         "Within the cos half and the sin half, low-index dimensions change faster with t than high-index ones.",
     ),
     "same_as_seed003": (
-        "SD 的嵌入与种子 003 的嵌入对每个 t 都相同。",
-        "SD's embedding and seed 003's embedding are the same for every t.",
+        "SD 的嵌入与学习笔记 003 的嵌入对每个 t 都相同。",
+        "SD's embedding and study note 003's embedding are the same for every t.",
     ),
 }
 

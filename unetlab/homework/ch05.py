@@ -1,4 +1,4 @@
-"""Chapter 5 homework: seed 003's "implement self-attention and visualise its attention map", made checkable.
+"""Chapter 5 homework: study note 003's "implement self-attention and visualise its attention map", made checkable.
 
 * :func:`check_self_attention` — the learner writes single-head self-attention
   ``fn(x, w_q, w_k, w_v) -> (out, weights)`` on tokens ``x`` ``(B, N, C)``:
@@ -97,9 +97,9 @@ def _weight_slips(x, w_q, w_k):
         ),
         "scale_C": (
             _scores(q, k, 1 / math.sqrt(C)).softmax(-1),
-            "除以了 √C（输入通道数），应除以 √d，d 是 q、k 的宽度（w_q.shape[1]）。种子 003 里两者相等，这里不相等。",
+            "除以了 √C（输入通道数），应除以 √d，d 是 q、k 的宽度（w_q.shape[1]）。学习笔记 003 里两者相等，这里不相等。",
             "You divided by √C (the input width); divide by √d, the width of q and k (w_q.shape[1]). "
-            "They are equal in seed 003, not here.",
+            "They are equal in study note 003, not here.",
         ),
         "wrong_axis": (
             _scores(q, k, right).softmax(-2),

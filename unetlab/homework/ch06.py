@@ -1,7 +1,7 @@
 """Chapter 6 homework: the two lines of the denoising loop that do the work.
 
 * :func:`check_guidance` — the learner writes classifier-free guidance
-  ``fn(eps_uncond, eps_text, guidance_scale) -> eps`` (seed 002's
+  ``fn(eps_uncond, eps_text, guidance_scale) -> eps`` (study note 002's
   ``noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)``), including a clear
   ``ValueError`` for a scale < 0. Hints for the usual slips: the halves swapped, guiding from the text
   prediction instead of the unconditional one, a missing bracket. The notebook's stub,
