@@ -121,7 +121,7 @@ def test_progress_lists_every_chapter_and_its_exercises(results):
         assert (ROOT / "notebooks" / chapter.notebook).exists()
     assert "✅ 6.1" in text and "⏳ 6.2" in text and "· 1.1" in text
     assert "1/" in text.splitlines()[0] and str(results) in text.splitlines()[0]
-    assert view.passed == 1
+    assert view.n_passed == 1
 
 
 def test_progress_says_when_a_failing_exercise_passed_before(results):

@@ -112,6 +112,15 @@ def _guidance_value_check(fn: Callable, scale: float) -> Check:
                  hint_en="Formula: eps_uncond + s·(eps_text − eps_uncond). s = 0 must give eps_uncond, s = 1 eps_text.")
 
 
+def _not_written(name: str, outcome) -> tuple[str, str]:
+    """The detail (zh, en) for a function that raises NotImplementedError or returns nothing."""
+    if outcome.not_implemented:
+        return f"{name} 抛出 NotImplementedError：还没有写。", f"{name} raises NotImplementedError: not written yet."
+    got = repr(outcome.value)
+    return (f"{name} 返回了 {got}：还没有写，或者少了 return。",
+            f"{name} returned {got}: not written yet, or the return is missing.")
+
+
 def _guidance_stub(fn: Callable) -> Check | None:
     """A stub check when ``fn`` is the notebook's stub: it returns ``eps_text`` at s = 0 and at s = 3
     (or nothing, or raises ``NotImplementedError``); else None."""
@@ -120,9 +129,8 @@ def _guidance_stub(fn: Callable) -> Check | None:
         u, c = _inputs(int(scale * 10))
         outcome = call_answer(fn, u.clone(), c.clone(), scale)
         if outcome.not_implemented or outcome.blank:
-            return stub_check("my_guidance 还没有实现（抛出 NotImplementedError 或没有返回值）。",
-                              "my_guidance is not written yet (it raises NotImplementedError or returns nothing).",
-                              "写出无分类器引导的公式，返回引导后的噪声预测。",
+            return stub_check(*_not_written("my_guidance", outcome),
+                              "写出无分类器引导的公式，并 return 引导后的噪声预测。",
                               "Write the classifier-free guidance formula and return the guided noise prediction.")
         outcomes.append(returns_unchanged(outcome.value, c))
     if all(outcomes):
@@ -237,10 +245,10 @@ def _ddim_stub(fn: Callable) -> Check | None:
         x_t, eps, a_t, a_prev = _ddim_case_inputs(t, p)
         outcome = call_answer(fn, x_t.clone(), eps.clone(), a_t.clone(), a_prev.clone())
         if outcome.not_implemented or outcome.blank:
-            return stub_check("my_ddim_step 还没有实现（抛出 NotImplementedError 或没有返回值）。",
-                              "my_ddim_step is not written yet (it raises NotImplementedError or returns nothing).",
-                              "两行：先由 x_t 和 ε 估计 x0，再用 ā_prev 把 x0 加噪到上一步。",
-                              "Two lines: estimate x0 from x_t and ε, then noise x0 to the previous step with ā_prev.")
+            return stub_check(*_not_written("my_ddim_step", outcome),
+                              "两行：先由 x_t 和 ε 估计 x0，再用 ā_prev 把 x0 加噪到上一步，并 return 它。",
+                              "Two lines: estimate x0 from x_t and ε, then noise x0 to the previous step with ā_prev; "
+                              "return it.")
         unchanged.append(returns_unchanged(outcome.value, x_t))
     if all(unchanged):
         return stub_check(

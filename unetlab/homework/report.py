@@ -52,7 +52,8 @@ class Progress:
     error: str = ""
 
     @property
-    def passed(self) -> int:
+    def n_passed(self) -> int:
+        """How many exercises passed in their last run."""
         return sum(r["status"] == PASSED for r in self.rows)
 
     def chapter_rows(self, chapter: int) -> list[dict]:
@@ -60,7 +61,7 @@ class Progress:
 
     def __str__(self) -> str:
         where = "记录已关闭 recording is off" if self.file is None else str(self.file)
-        lines = [f"作业进度 | Homework progress: {self.passed}/{len(self.rows)} 通过 passed   ({where})"]
+        lines = [f"作业进度 | Homework progress: {self.n_passed}/{len(self.rows)} 通过 passed   ({where})"]
         if self.error:
             lines.append(f"  ⚠ 读不了记录文件 | cannot read the results file: {self.error}")
         elif self.file is not None and not self.file.exists():
