@@ -290,3 +290,20 @@ def test_load_errors(tmp_path):
     ref.save_pretrained(tmp_path / "cn")
     with pytest.raises(CheckpointError, match="block_out_channels"):
         load_controlnet(tmp_path / "cn", config="sd15")
+
+
+def test_counts_by_part_and_adapter_table():
+    from unetlab.sd.count import adapter_params, count_params, meta_controlnet
+
+    table = count_params(meta_controlnet("sd15"))
+    assert table.total == SD15_CONTROLNET_PARAMS
+    # the copied encoder equals the UNet's own encoder, part by part
+    unet_table = count_params("sd15")
+    for part in ("conv_in", "time_embedding", "down_blocks.0", "down_blocks.3", "mid_block"):
+        assert table.part(part) == unet_table.part(part)
+    # 12 zero convs: C² + C each, for the skips' widths
+    widths = [s[1] for _, s in skip_shapes("sd15", (1, 4, 64, 64))]
+    assert table.part("controlnet_down_blocks") == sum(c * c + c for c in widths)
+    costs = adapter_params("sd15")
+    assert costs.counts == {"ControlNet": 361_279_120, "T2I-Adapter": 77_369_280, "IP-Adapter": 22_319_616}
+    assert costs.unet == 859_520_964
