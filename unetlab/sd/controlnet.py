@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 from unetlab.configs import UNetConfig, resolve_config
 from unetlab.embeddings import timestep_batch
-from unetlab.sd.blocks import CrossAttnDownBlock2D, build_down_blocks, build_mid_block
+from unetlab.sd.blocks import build_down_blocks, build_mid_block
 from unetlab.sd.embeddings import TimestepEmbedding, Timesteps, text_time_input
 from unetlab.sd.unet import SDUNet, skip_shapes
 
@@ -321,10 +321,8 @@ class ControlNet(nn.Module):
 
         # ---- the copied encoder: the same skips as the UNet's (12 in SD 1.5) -------------------
         for block in self.down_blocks:
-            if isinstance(block, CrossAttnDownBlock2D):
-                h, block_skips = block(h, time_emb, context)
-            else:
-                h, block_skips = block(h, time_emb)
+            # block 0: (B, 320, 32, 32); 1: (B, 640, 16, 16); 2: (B, 1280, 8, 8); 3: (B, 1280, 8, 8)
+            h, block_skips = block(h, time_emb, context)
             skips.extend(block_skips)
         # (B, 1280, 8, 8)
         h = self.mid_block(h, time_emb, context)
@@ -409,10 +407,6 @@ def _hint_names(n_blocks: int) -> dict[str, str]:
         names[f"controlnet_cond_embedding.blocks.{k}"] = f"input_hint_block.{2 * (k + 1)}"
     names["controlnet_cond_embedding.conv_out"] = f"input_hint_block.{2 * (n_blocks + 1)}"
     return names
-
-
-def _n_skips(config: UNetConfig) -> int:
-    return len(skip_shapes(config, (1, config.in_channels, 64, 64)))
 
 
 def controlnet_diffusers_to_ldm(state_dict: Mapping[str, torch.Tensor], controlnet: ControlNet,

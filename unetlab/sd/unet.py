@@ -301,11 +301,15 @@ class SDUNet(nn.Module):
         return self.conv_out(h)
 
     # ---- checks of the extension points ---------------------------------------------------
-    def _check_residual(self, name: str, where: str, t, expected: tuple[int, ...], sample: torch.Tensor) -> None:
+    def _check_residual(self, name: str, where: str, t, expected: tuple[int, ...], sample: torch.Tensor,
+                        pooled_ok: bool = False) -> None:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} ({where}) must be a tensor of shape {expected}, got {type(t).__name__}")
-        if tuple(t.shape) != expected:
-            raise ValueError(f"{name} ({where}) must have shape {expected}, got {tuple(t.shape)}")
+        # a pooled ControlNet (global_pool_conditions) hands (B, C, 1, 1): broadcast over H, W as in diffusers
+        pooled = pooled_ok and tuple(t.shape) == (*expected[:2], 1, 1)
+        if tuple(t.shape) != expected and not pooled:
+            also = f" (or {(*expected[:2], 1, 1)}, pooled)" if pooled_ok else ""
+            raise ValueError(f"{name} ({where}) must have shape {expected}{also}, got {tuple(t.shape)}")
         if t.device != sample.device or t.dtype != sample.dtype:
             raise TypeError(
                 f"{name} ({where}) is {t.dtype} on {t.device} but sample is {sample.dtype} on {sample.device}"
@@ -336,9 +340,9 @@ class SDUNet(nn.Module):
                 "was the ControlNet built for another UNet config?"
             )
         for i, ((where, shape), t) in enumerate(zip(specs, down)):
-            self._check_residual(f"down_block_additional_residuals[{i}]", f"skip of {where}", t, shape, sample)
+            self._check_residual(f"down_block_additional_residuals[{i}]", f"skip of {where}", t, shape, sample, True)
         where, shape = mid_shape(self.config, tuple(sample.shape))
-        self._check_residual("mid_block_additional_residual", f"output of {where}", mid, shape, sample)
+        self._check_residual("mid_block_additional_residual", f"output of {where}", mid, shape, sample, True)
 
     def _check_intrablock_residuals(self, sample, residuals) -> None:
         if residuals is None:
