@@ -43,8 +43,12 @@ guess_mode=False, added_cond=None)``
     ``config`` names the UNet architecture (preset / ``UNetConfig``); without it, it is inferred from
     the cross-attention width (768 → SD 1.x, 1024 → SD 2.x, 2048 → SDXL). Conditioning channels are
     read from the weights' shapes.
-``controlnet_ldm_to_diffusers(state_dict, config)`` / ``controlnet_diffusers_to_ldm(state_dict, config, prefix="control_model.")``
-    The renaming, both ways (mirrors diffusers' ``convert_controlnet_checkpoint``).
+``controlnet_ldm_to_diffusers(state_dict, config)`` -> ``(converted, unknown_keys)`` /
+``controlnet_diffusers_to_ldm(state_dict, controlnet, prefix="control_model.")``
+    The renaming, both ways (mirrors diffusers' ``convert_controlnet_checkpoint``; the tests check that
+    diffusers' converter reads what ``controlnet_diffusers_to_ldm`` writes).
+``controlnet.to_diffusers()`` / ``ControlNet.from_diffusers_config(config_dict)``
+    Keyword arguments for ``diffusers.ControlNetModel`` / a ControlNet from its ``config.json``.
 """
 from __future__ import annotations
 
@@ -131,7 +135,27 @@ class ControlNetConditioningEmbedding(nn.Module):
 
 
 class ControlNet(nn.Module):
-    """A trainable copy of the UNet's encoder, steered by a control image; see the module docstring."""
+    """A trainable copy of the UNet's encoder, steered by a control image (diffusers' ``ControlNetModel``).
+
+    Modules (names as diffusers'): ``conv_in``, ``time_proj``/``time_embedding`` (+ SDXL's ``add_embedding``),
+    ``controlnet_cond_embedding``, ``down_blocks`` and ``mid_block`` (built by the same code as
+    ``SDUNet``'s), ``controlnet_down_blocks`` (one zero 1×1 conv per skip) and ``controlnet_mid_block``.
+
+    ``forward(sample, timestep, context, controlnet_cond, conditioning_scale=1.0, guess_mode=False,
+    added_cond=None) -> (down_residuals, mid_residual)``:
+
+    * ``sample`` ``(B, in_channels, H, W)``, ``context`` ``(B, tokens, cross_attention_dim)``, ``timestep``
+      and ``added_cond`` exactly as for :class:`unetlab.SDUNet` (the same checks and messages);
+    * ``controlnet_cond`` ``(B or 1, conditioning_channels, f·H, f·W)``, ``f = cond_factor`` (8), values as
+      the ControlNet was trained on (diffusers' pipelines feed [0, 1] images);
+    * all in the weights' dtype and on their device (fp32, fp16 or bf16);
+    * returns ``len(skip_shapes)`` residuals ``(B, C_i, H_i, W_i)`` (``(B, C_i, 1, 1)`` when
+      ``global_pool_conditions``) and the mid residual ``(B, C_last, H_low, W_low)``.
+
+    Raises ``ValueError`` for a control image of the wrong size or channel count (the message gives the
+    size it must have), ``TypeError`` for a wrong dtype/device, and whatever ``SDUNet`` raises for
+    ``sample``/``context``/``added_cond``. The constructor raises ``ValueError`` for an unknown channel order.
+    """
 
     # the same input checks as the UNet (sample, context, SDXL's added_cond), with the same messages
     _check_inputs = SDUNet._check_inputs
