@@ -226,12 +226,12 @@ class Attention(nn.Module):
         else:
             # (B, heads, N, d)
             out = self._explicit_attention(q, k, v)
-        if ip_tokens is not None and self.ip_scale != 0:
-            # (B, heads, N, d) + ip_scale · (the same queries attending to the image tokens)
-            out = out + self.ip_scale * self._ip_attention(q, ip_tokens)
 
         # (B, heads, N, d) -> (B, N, heads·d)
         out = out.transpose(1, 2).reshape(B, N, self.inner_dim)
+        if ip_tokens is not None and self.ip_scale != 0:
+            # (B, N, heads·d) + ip_scale · (the same queries attending to the image tokens), as diffusers adds it
+            out = out + self.ip_scale * self._ip_attention(q, ip_tokens)
         # (B, N, query_dim)
         out = self.to_out[0](out)
         return self.to_out[1](out)
@@ -290,15 +290,20 @@ class Attention(nn.Module):
         return context, ip_tokens
 
     def _ip_attention(self, q: torch.Tensor, ip_tokens: torch.Tensor) -> torch.Tensor:
-        """The queries ``q`` ``(B, heads, N, d)`` attending to the image tokens: ``(B, heads, N, d)``."""
+        """The queries ``q`` ``(B, heads, N, d)`` attending to the image tokens: ``(B, N, heads·d)``."""
         # (B, heads, M_ip, d): M_ip = 4 image tokens for the plain IP-Adapter
         k = self._split_heads(self.to_k_ip(ip_tokens))
         v = self._split_heads(self.to_v_ip(ip_tokens))
         if self.use_sdpa:
-            return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        # (B, heads, N, M_ip), softmax over the image tokens in float32
-        probs = (torch.matmul(q, k.transpose(-2, -1)) * self.scale).float().softmax(dim=-1).to(v.dtype)
-        return torch.matmul(probs, v)
+            # (B, heads, N, d)
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            # (B, heads, N, M_ip), softmax over the image tokens in float32
+            probs = (torch.matmul(q, k.transpose(-2, -1)) * self.scale).float().softmax(dim=-1).to(v.dtype)
+            # (B, heads, N, d)
+            out = torch.matmul(probs, v)
+        # (B, N, heads·d)
+        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], self.inner_dim)
 
 
 @contextlib.contextmanager
