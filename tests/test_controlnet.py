@@ -325,3 +325,37 @@ def test_counts_by_part_and_adapter_table():
     costs = adapter_params("sd15")
     assert costs.counts == {"ControlNet": 361_279_120, "T2I-Adapter": 77_369_280, "IP-Adapter": 22_319_616}
     assert costs.unet == 859_520_964
+
+
+def test_sd15_on_the_meta_device_and_from_a_diffusers_config():
+    """Shapes of the full SD 1.5 ControlNet + UNet without weights (meta), and a ControlNet built from
+    the config.json diffusers writes for an SD 1.5 ControlNet."""
+    with torch.device("meta"):
+        unet = SDUNet("sd15")
+        controlnet = ControlNet.from_unet(unet)
+        sample, ctx = torch.randn(2, 4, 96, 96), torch.randn(2, 77, 768)
+        cond = torch.rand(2, 3, 768, 768)
+        down, mid = controlnet(sample, 500, ctx, cond, guess_mode=True)
+        out = unet(sample, 500, ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        ref = diffusers.ControlNetModel.from_unet(diffusers.UNet2DConditionModel(**SD15.to_diffusers()),
+                                                  load_weights_from_unet=False)
+        rebuilt = ControlNet.from_diffusers_config(dict(ref.config))
+    assert [tuple(d.shape) for d in down] == [s for _, s in skip_shapes("sd15", sample.shape)]
+    assert out.shape == (2, 4, 96, 96)
+    assert rebuilt.config.block_out_channels == SD15.block_out_channels and rebuilt.conditioning_channels == 3
+    assert sum(p.numel() for p in rebuilt.parameters()) == SD15_CONTROLNET_PARAMS
+
+
+def test_bfloat16_runs_in_the_weights_dtype():
+    _, unet = random_unets(TINY)
+    controlnet = ControlNet.from_unet(unet)
+    randomise(controlnet.controlnet_down_blocks, 4)
+    sample, t, ctx, cond, _ = inputs(TINY)
+    with torch.no_grad():
+        full = unet_with_controlnet(unet, controlnet, sample, t, ctx, cond)
+        unet16, cn16 = unet.to(torch.bfloat16), controlnet.to(torch.bfloat16)
+        half = unet_with_controlnet(unet16, cn16, sample.bfloat16(), t, ctx.bfloat16(), cond.bfloat16())
+        with pytest.raises(TypeError, match="controlnet_cond is torch.float32"):
+            cn16(sample.bfloat16(), t, ctx.bfloat16(), cond)
+    assert half.dtype == torch.bfloat16
+    assert rel_diff(half.float(), full) < 0.1
