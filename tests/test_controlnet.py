@@ -33,12 +33,13 @@ def rel_diff(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def random_pair(config: UNetConfig, seed: int = 0, **cn_kwargs):
-    """(diffusers ControlNetModel, unetlab ControlNet) with the same random weights."""
-    ours = ControlNet(config, **cn_kwargs)
+    """(diffusers ControlNetModel, unetlab ControlNet) with the same random weights (shared tensors:
+    ours is built on the meta device and takes ref's, so full size costs one copy)."""
     with torch.device("meta"):
+        ours = ControlNet(config, **cn_kwargs)
         ref = diffusers.ControlNetModel(**ours.to_diffusers())
     ref = randomise(ref.to_empty(device="cpu"), seed).eval()
-    ours.load_state_dict(ref.state_dict(), strict=True)
+    ours.load_state_dict(ref.state_dict(), strict=True, assign=True)
     return ref, ours.eval()
 
 
