@@ -416,6 +416,12 @@ def test_max_resolution_below_every_grid_raises_at_the_forward(tiny):
     with torch.no_grad(), capture_attention(tiny, "both", max_resolution=3) as store:
         tiny(sample, 7, context)
     assert {r.kind for r in store} == {"cross"}
+    # a bound on self-attention given to a capture that hooks none is refused, not ignored
+    for kind, layers in (("cross", None), ("both", "*attn2")):
+        with pytest.raises(ValueError, match="max_resolution=64 bounds self-attention only"):
+            with capture_attention(tiny, kind, layers=layers, max_resolution=64):
+                pass
+    _no_hooks_left(tiny)
 
 
 def test_a_capture_that_records_nothing_raises_at_exit(tiny):

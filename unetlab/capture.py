@@ -43,7 +43,8 @@ floats, 512 MiB, per layer, per image, per step). A selection never comes back e
                         positions (an int such as ``32 * 32``, or ``(h, w)``); larger self-attention
                         layers keep running on SDPA, unrecorded. Cross-attention maps (``N_key`` =
                         text tokens) are small and always kept. A forward of the model in which the
-                        limit leaves out every hooked layer raises ``ValueError`` listing the grids.
+                        limit leaves out every hooked layer raises ``ValueError`` listing the grids;
+                        so does a ``max_resolution`` given to a capture that hooks no self-attention.
     ``average_heads``   store the mean over heads (``heads`` = 1): 8× less memory for SD.
     ``batch``           keep only these batch entries (an int, slice or list), e.g. the conditional
                         half of a classifier-free-guidance batch. A call whose batch size the
@@ -585,7 +586,8 @@ def capture_attention(
 
     Raises ``ValueError`` (the message names what it saw and what would fit):
       * at entry: ``kind`` unknown; the model has no attention layers of that kind; ``layers``
-        matches none of them (the paths that exist are listed); ``max_resolution`` not positive;
+        matches none of them (the paths that exist are listed); ``max_resolution`` not positive, or
+        given while no self-attention layer is hooked;
         ``batch`` an empty list (``TypeError`` for a ``batch`` of another type);
       * at a call: ``batch`` does not fit the call's batch size; a forward of ``model`` ran hooked
         layers but recorded none of them (``max_resolution`` below every grid in that forward);
@@ -618,6 +620,12 @@ def capture_attention(
             f"layers={layers!r} matches none of the {kind}-attention layers of {type(model).__name__}. "
             f"Layer paths look like: {_shorten(of_kind)}. Strings are globs on the full path (use '*', "
             "e.g. '*attn2' or 'up_blocks.*'); pass re.compile(...) for a regular expression."
+        )
+    if max_queries is not None and "self" not in chosen.values():
+        raise ValueError(
+            f"max_resolution={max_resolution!r} bounds self-attention only, and this capture hooks none "
+            f"(kind={kind!r}, layers={layers!r} select {len(chosen)} cross-attention layers); "
+            "drop max_resolution, or record kind='self' or 'both'"
         )
 
     store = store if store is not None else AttentionStore()
