@@ -47,6 +47,10 @@ XL_WIDE = TINY_XL.replace(name="xl-tiny", cross_attention_dim=2048, block_out_ch
                           addition_time_embed_dim=256, projection_class_embeddings_input_dim=1280 + 6 * 256)
 
 
+with torch.device("meta"):
+    TINY_KEYS = list(SDUNet(TINY).state_dict())
+
+
 def _random_unet(config: UNetConfig, seed: int = 0) -> SDUNet:
     """SDUNet with every tensor random (zero-initialised ones too), so a wrong copy cannot pass."""
     torch.manual_seed(seed)
@@ -111,9 +115,10 @@ def test_ema_key_names_are_diffusers_names():
 def test_two_copies_default_is_training_copy_with_warning(two_copies, tmp_path):
     training, ema, checkpoint = two_copies
     save_file(checkpoint, tmp_path / "v1-5-pruned.safetensors")
-    with pytest.warns(UserWarning, match=r"two UNets.*training \(non-EMA\).*ema=True"):
+    with pytest.warns(UserWarning, match=r"two UNets.*training \(non-EMA\).*ema=True") as record:
         loaded = load_sd_unet(tmp_path / "v1-5-pruned.safetensors", config="tiny")
     assert _same_weights(loaded, training)
+    assert record[0].filename == __file__  # the warning points at the learner's line
     # asked for: no warning (the fixture turns one into an error)
     assert _same_weights(load_sd_unet(tmp_path / "v1-5-pruned.safetensors", config="tiny", ema=True), ema)
     assert _same_weights(load_sd_unet(tmp_path / "v1-5-pruned.safetensors", config="tiny", ema=False), training)
@@ -122,6 +127,27 @@ def test_two_copies_default_is_training_copy_with_warning(two_copies, tmp_path):
     assert _same_weights(load_sd_unet(tmp_path / "v1-5-pruned.ckpt", config="tiny", ema=True), ema)
     with pytest.raises(TypeError, match="ema must be None, True or False"):
         load_sd_unet(tmp_path / "v1-5-pruned.ckpt", config="tiny", ema="yes")
+
+
+class _Recording(dict):
+    """A state dict that remembers which values were looked up (what a lazy file would read)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def test_only_the_chosen_copy_is_read(two_copies):
+    _, _, checkpoint = two_copies
+    for ema, prefix in ((True, "model_ema.diffusion_model"), (False, LDM_UNET_PREFIX)):
+        recording = _Recording(checkpoint)
+        select_unet_weights(recording, ema)
+        assert recording.read and all(k.startswith(prefix) for k in recording.read)
+        assert len(recording.read) == len(TINY_KEYS)
 
 
 def test_ema_copy_equals_diffusers_extract_ema(two_copies):
@@ -248,6 +274,7 @@ def test_guessed_fields_warn_and_name_themselves():
         with pytest.warns(UserWarning, match="not stored in the weights and were guessed") as record:
             inferred = infer_unet_config(_ldm(model))
         assert "num_attention_heads" in str(record[0].message) and "pass config=" in str(record[0].message)
+        assert record[0].filename == __file__
         for field in ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types",
                       "up_block_types", "transformer_layers_per_block", "cross_attention_dim",
                       "use_linear_projection", "addition_embed_type", "projection_class_embeddings_input_dim"):

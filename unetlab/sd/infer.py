@@ -113,30 +113,40 @@ def _has_ema(state_dict: Mapping[str, Any]) -> bool:
 
 
 def select_unet_weights(
-    state_dict: Mapping[str, Any], ema: bool | None = None, *, origin: str = "checkpoint", warn: bool = True
+    state_dict: Mapping[str, Any],
+    ema: bool | None = None,
+    *,
+    origin: str = "checkpoint",
+    warn: bool = True,
+    stacklevel: int = 2,
 ) -> UNetWeights:
     """The UNet tensors of ``state_dict`` (a whole checkpoint is fine), one copy; see the module doc.
 
+    Only the chosen copy's values are looked up, so a lazy mapping (the loader's view of a
+    ``.safetensors`` file) reads nothing else from disk.
+
     Raises :class:`CheckpointError` (a ``ValueError``) when there is no UNet, or when ``ema=``
     names a copy the file does not hold; ``TypeError`` for an ``ema`` that is not None/True/False.
-    Warns (``UserWarning``) when both copies exist and ``ema=None`` (``warn=False`` silences it).
+    Warns (``UserWarning``, ``stacklevel`` frames up) when both copies exist and ``ema=None``
+    (``warn=False`` silences it).
     """
     if ema is not None and not isinstance(ema, bool):
         raise TypeError(f"ema must be None, True or False, got {ema!r}")
     keys = list(state_dict)
-    if "conv_in.weight" in state_dict:
+    if "conv_in.weight" in keys:
         if ema:
             raise CheckpointError(
                 f"ema=True, but {origin} uses diffusers names (conv_in.weight …) and holds one UNet, "
                 "no EMA copy (model_ema.* keys exist only in original training checkpoints). Pass ema=None."
             )
-        tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-        return UNetWeights(tensors, "diffusers", "diffusers")
-    training = {k[len(LDM_UNET_PREFIX):]: v for k, v in state_dict.items() if k.startswith(LDM_UNET_PREFIX)}
+        tensors = {k: state_dict[k] for k in keys}
+        return UNetWeights({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}, "diffusers", "diffusers")
+    # names only: values are read below, for the chosen copy
+    training = [k for k in keys if k.startswith(LDM_UNET_PREFIX)]
     copy = "training"
     if not training and any(k.startswith(("input_blocks.", "middle_block.", "output_blocks.")) for k in keys):
-        training, copy = dict(state_dict), "bare"
-    has_ema = _has_ema(state_dict)
+        training, copy = keys, "bare"
+    has_ema = _has_ema(keys)
     if not training and not has_ema:
         raise CheckpointError(f"{origin}: no UNet in it.\n{describe_contents(keys)}")
     if ema is None:
@@ -147,7 +157,7 @@ def select_unet_weights(
                 "default. The EMA weights are usually better for inference (they are what the '-emaonly' files "
                 "hold): pass ema=True to load them (diffusers: extract_ema=True), or ema=False to silence this.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
         use_ema = not training
     elif ema:
@@ -166,8 +176,9 @@ def select_unet_weights(
             )
         use_ema = False
     if not use_ema:
-        return UNetWeights(training, "ldm", copy)
-    ema_tensors = {k: v for k, v in state_dict.items() if k.startswith(_EMA_HEAD) and k not in EMA_BOOKKEEPING}
+        cut = len(LDM_UNET_PREFIX) if copy == "training" else 0
+        return UNetWeights({k[cut:]: state_dict[k] for k in training}, "ldm", copy)
+    ema_tensors = {k: state_dict[k] for k in keys if k.startswith(_EMA_HEAD) and k not in EMA_BOOKKEEPING}
     # dotted names, read back from the grammar (exact mapping happens once the config is known)
     read_back = {}
     for k, v in ema_tensors.items():
@@ -418,6 +429,11 @@ def infer_unet_config(state_dict) -> UNetConfig:
     SDXL (2048 / refiner 1280, with add-embedding): 64 per head, ``addition_time_embed_dim=256``,
     ``sample_size=128``. GroupNorm: 32 groups (every SD model).
     """
+    return _infer_unet_config(state_dict, stacklevel=3)
+
+
+def _infer_unet_config(state_dict, stacklevel: int) -> UNetConfig:
+    """infer_unet_config; its warning points ``stacklevel`` frames up (the loader's caller)."""
     facts = unet_facts(state_dict)
     family = _family(facts)
     channels = facts["block_out_channels"]
@@ -469,7 +485,7 @@ def infer_unet_config(state_dict) -> UNetConfig:
             "SDXL's (2048): these settings are not stored in the weights and were guessed: "
             + "; ".join(guessed) + ". If you know the model's config, pass config= (a UNetConfig or its config.json dict).",
             UserWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
     return config
 

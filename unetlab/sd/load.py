@@ -73,6 +73,7 @@ from unetlab.sd.infer import (
     UNetWeights,
     _as_diffusers_names,
     _facts_from_diffusers_names,
+    _infer_unet_config,
     config_disagreements,
     infer_prediction_type,
     infer_unet_config,
@@ -436,12 +437,50 @@ def _load_diffusers_folder(folder: Path, config, device, dtype, variant, ema):
 
 
 # ---- original single files ------------------------------------------------------------------
+class _LazySafetensors(Mapping):
+    """A ``.safetensors`` file as a read-only mapping that reads a tensor when it is looked up.
+
+    The loader picks the UNet's keys first, so the VAE, the text encoder and the unused copy of a
+    two-UNet file (about half of a 7.7 GB ``v1-5-pruned.safetensors``) are never read into memory.
+    """
+
+    def __init__(self, path: Path):
+        from safetensors import SafetensorError, safe_open
+
+        self.path = path
+        try:
+            self._file = safe_open(str(path), framework="pt", device="cpu")
+            self._keys = list(self._file.keys())
+            self._key_set = set(self._keys)
+        except SafetensorError as exc:
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({exc}). The file is probably truncated "
+                "(an interrupted download?) or not safetensors at all; download it again."
+            ) from None
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._key_set:
+            raise KeyError(key)
+        return self._file.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key) -> bool:
+        return key in self._key_set
+
+
 def _load_single_file(path: Path, config, device, dtype, ema):
-    raw = read_state_dict(path)
-    weights = select_unet_weights(raw, ema, origin=str(path))
+    # .safetensors: only the chosen UNet's tensors are read; a pickle has to be read whole
+    raw = _LazySafetensors(path) if path.suffix == ".safetensors" else read_state_dict(path)
+    # stacklevel 4: the EMA warning points at the caller of load_sd_unet
+    weights = select_unet_weights(raw, ema, origin=str(path), stacklevel=4)
     del raw
     if config is None:
-        config = infer_unet_config(weights)
+        config = _infer_unet_config(weights, stacklevel=4)  # a guess warning points at the caller
         disagreements = ""
     else:
         config = resolve_config(config)
