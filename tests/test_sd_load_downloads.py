@@ -259,6 +259,22 @@ def test_inpainting_file_with_forced_config_names_in_channels(tmp_path):
     assert "block_out_channels=(32, 64, 64, 64); config says (320, 640, 1280, 1280)" in message
 
 
+def test_folder_config_contradicting_weights(tiny_diffusers, tmp_path):
+    """A config= or an edited config.json that the folder's tensors contradict: the fields named."""
+    folder = tmp_path / "unet"
+    tiny_diffusers.save_pretrained(folder)
+    with pytest.raises(CheckpointError, match=r"(?s)config='sd1-tiny' does not match.*context 32 wide.*config says 768"):
+        load_sd_unet(folder, config=SD1_WIDE)
+    edited = json.loads((folder / "config.json").read_text())
+    edited["in_channels"] = 9
+    (folder / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(CheckpointError) as info:
+        load_sd_unet(folder)
+    message = str(info.value)
+    assert "config.json does not describe these weights" in message
+    assert "conv_in takes 4 channels (4 latent channels: a text-to-image model); config says 9" in message
+
+
 def test_sd2_and_xl_files_load_without_config(tmp_path):
     for config in (SD2_WIDE, XL_WIDE):
         model = _random_unet(config)

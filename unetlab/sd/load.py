@@ -420,20 +420,29 @@ def _load_diffusers_folder(folder: Path, config, device, dtype, variant, ema):
     if not files:
         raise _no_weights_error(folder, variant)
     if config is None:
+        config_json = folder / CONFIG_NAME
         try:
-            raw = json.loads((folder / CONFIG_NAME).read_text())
+            raw = json.loads(config_json.read_text())
         except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{folder / CONFIG_NAME}: not valid JSON ({exc})") from None
+            raise CheckpointError(f"{config_json}: not valid JSON ({exc})") from None
         from unetlab.configs import UNetConfig
 
         config = UNetConfig.from_diffusers(raw, name=folder.parent.name if folder.name == "unet" else folder.name)
     else:
+        config_json = None
         config = resolve_config(config)
     state_dict: dict[str, torch.Tensor] = {}
     for f in files:
         state_dict.update(read_state_dict(f))
     origin = str(files[0]) if len(files) == 1 else f"{folder} ({len(files)} shards)"
-    return _build(config, state_dict, origin, device, dtype, [])
+    # a config= or a config.json (edited, or from another model) that the tensors contradict
+    disagreements = _contradicting_config(UNetWeights(state_dict, "diffusers", "diffusers"), config, origin, config_json)
+    try:
+        return _build(config, state_dict, origin, device, dtype, [])
+    except CheckpointError as exc:
+        if not disagreements:
+            raise
+        raise CheckpointError(disagreements + "\n" + str(exc)) from None
 
 
 # ---- original single files ------------------------------------------------------------------
@@ -484,7 +493,7 @@ def _load_single_file(path: Path, config, device, dtype, ema):
         disagreements = ""
     else:
         config = resolve_config(config)
-        disagreements = _contradicting_config(weights, config, path)
+        disagreements = _contradicting_config(weights, config, path)  # "" when they agree
     try:
         return _build_single_file(weights, config, path, device, dtype)
     except CheckpointError as exc:
@@ -512,8 +521,11 @@ def _build_single_file(weights: UNetWeights, config, path: Path, device, dtype):
     return _build(config, state_dict, str(path), device, dtype, unknown, file_name)
 
 
-def _contradicting_config(weights: UNetWeights, config, path: Path) -> str:
-    """What a user-given config gets wrong about the tensors ("" when nothing, or when unreadable)."""
+def _contradicting_config(weights: UNetWeights, config, origin, config_json: Path | None = None) -> str:
+    """What a config gets wrong about the tensors ("" when nothing, or when the tensors are unreadable).
+
+    ``config_json``: the config came from this file, not from the caller's ``config=``.
+    """
     try:
         facts = _facts_from_diffusers_names(_as_diffusers_names(weights))
     except CheckpointError:
@@ -521,10 +533,16 @@ def _contradicting_config(weights: UNetWeights, config, path: Path) -> str:
     lines = config_disagreements(config, facts)
     if not lines:
         return ""
+    if config_json is not None:
+        return (
+            f"{origin}: {config_json} does not describe these weights (edited, or from another model?):\n    "
+            + "\n    ".join(lines)
+            + f"\nFix {config_json.name}, or pass config= with the right architecture."
+        )
     hint = ", ".join(f"{k}={facts[k]!r}" for k in ("in_channels", "out_channels", "cross_attention_dim")
                      if getattr(config, k) != facts[k])
     return (
-        f"{path}: config={config.name!r} does not match the weights:\n    " + "\n    ".join(lines)
+        f"{origin}: config={config.name!r} does not match the weights:\n    " + "\n    ".join(lines)
         + "\nLeave config=None to build the architecture from the weights"
         + (f", or pass config={config.name!r} changed with .replace({hint})" if hint else "") + "."
     )
