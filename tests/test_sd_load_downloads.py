@@ -507,3 +507,11 @@ def test_single_file_without_unet_says_what_it_is(tmp_path):
         load_sd_unet(tmp_path / "lora.safetensors")
     with pytest.raises(CheckpointError, match="no UNet in it"):
         select_unet_weights({"decay": torch.zeros(1)})
+    # a diffusers ControlNet has conv_in and down blocks, but it is not a UNet
+    from diffusers import ControlNetModel
+
+    with torch.device("meta"):
+        controlnet = ControlNetModel(**{k: v for k, v in TINY.to_diffusers().items() if k not in (
+            "out_channels", "up_block_types", "center_input_sample", "sample_size")})
+    with pytest.raises(CheckpointError, match="(?s)no UNet in it.*a ControlNet"):
+        infer_unet_config(controlnet.state_dict())

@@ -133,6 +133,9 @@ def select_unet_weights(
     if ema is not None and not isinstance(ema, bool):
         raise TypeError(f"ema must be None, True or False, got {ema!r}")
     keys = list(state_dict)
+    if any(k.startswith(("controlnet_cond_embedding.", "controlnet_down_blocks.", "control_model.")) for k in keys):
+        # a ControlNet has conv_in and down blocks too, but no up path: not a UNet to sample with
+        raise CheckpointError(f"{origin}: no UNet in it.\n{describe_contents(keys)}")
     if "conv_in.weight" in keys:
         if ema:
             raise CheckpointError(
@@ -193,7 +196,8 @@ def describe_contents(keys) -> str:
         ("a VAE (first_stage_model.* / encoder.* / decoder.*)", ("first_stage_model.", "encoder.", "decoder.", "vae.")),
         ("a text encoder (cond_stage_model.* / conditioner.* / text_model.*)",
          ("cond_stage_model.", "conditioner.", "text_model.", "transformer.text_model.")),
-        ("a ControlNet (control_model.* / controlnet_cond_embedding.*)", ("control_model.", "controlnet_cond_embedding.")),
+        ("a ControlNet (control_model.* / controlnet_cond_embedding.*): it steers a UNet, load the UNet "
+         "from the base model", ("control_model.", "controlnet_cond_embedding.", "controlnet_down_blocks.")),
     ]
     found = [name for name, prefixes in kinds if any(k.startswith(prefixes) for k in keys)]
     lora = any(("lora_" in k or ".lora." in k or "lora_down" in k or "lora_A" in k) for k in keys)
