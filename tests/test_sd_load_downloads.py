@@ -32,6 +32,7 @@ from unetlab.sd.load import (
     infer_prediction_type,
     infer_unet_config,
     load_sd_unet,
+    weight_variants,
 )
 from unetlab.sd.unet import SDUNet
 
@@ -390,6 +391,7 @@ def test_fp16_only_folder(tiny_diffusers, tmp_path):
             p.data = p.data.half()  # (diffusers' .to(float16) logs a note about fp32 modules)
     half.save_pretrained(folder, variant="fp16")
     assert sorted(os.listdir(folder)) == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
+    assert weight_variants(folder) == ["fp16"] and weight_variants(tmp_path / "nothing") == []
     loaded = load_sd_unet(folder, variant="fp16")
     assert {p.dtype for p in loaded.parameters()} == {torch.float32}
     theirs = tiny_diffusers.state_dict()
@@ -479,6 +481,7 @@ def test_download_patterns_pick_one_variant(tiny_diffusers, tmp_path):
         tiny_diffusers.save_pretrained(folder, **kwargs)
     tiny_diffusers.save_pretrained(folder, variant="non_ema")
     files = [f"unet/{f}" for f in os.listdir(folder)]
+    assert weight_variants(folder) == [None, "fp16", "non_ema"]
 
     def picked(variant):
         return sorted(f for f in files if any(fnmatch.fnmatch(f, p) for p in _download_patterns("unet", variant)))

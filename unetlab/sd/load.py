@@ -50,6 +50,9 @@ API
     The ``unet/`` folder of ``name`` (``"sd15"``, ``"sd21"``, ``"sdxl"`` or a hub id) in the local
     Hugging Face cache whose weights of ``variant`` are all there, or ``None``. Never touches
     the network; notebooks use it to switch to the real model when the learner has it.
+``weight_variants(folder) -> list``
+    The variants whose weight files a diffusers model folder holds, plain first: ``[None]``,
+    ``["fp16"]``, ``[None, "fp16", "non_ema"]`` … (what to pass as ``variant=``).
 ``default_device()``
     ``"cuda"`` if available, else ``"mps"``, else ``"cpu"``.
 ``HUB_IDS``
@@ -90,6 +93,7 @@ __all__ = [
     "infer_unet_config",
     "infer_prediction_type",
     "find_local_weights",
+    "weight_variants",
     "default_device",
     "HUB_IDS",
 ]
@@ -352,6 +356,16 @@ def _variants_in_folder(folder: Path) -> dict[str | None, list[str]]:
         if m:
             found.setdefault(m.group("v1") or m.group("v2"), []).append(f)
     return found
+
+
+def weight_variants(folder: str | os.PathLike) -> list[str | None]:
+    """The variants of the weight files in a diffusers model folder (``None`` = plain), plain first.
+
+    ``["fp16"]`` for a folder holding only ``diffusion_pytorch_model.fp16.safetensors``; sharded
+    and ``.bin`` files count too. Nothing is read but the file names; ``[]`` for no weights.
+    """
+    found = _variants_in_folder(Path(folder))
+    return sorted(found, key=lambda v: (v is not None, v or ""))
 
 
 def _weights_in_folder(folder: Path, variant: str | None) -> list[Path]:
