@@ -276,6 +276,15 @@ def test_folder_config_contradicting_weights(tiny_diffusers, tmp_path):
     assert "conv_in takes 4 channels (4 latent channels: a text-to-image model); config says 9" in message
 
 
+def test_weights_file_given_directly_uses_its_config_json(tiny_diffusers, tmp_path):
+    """unet/diffusion_pytorch_model.safetensors as the source: the config.json next to it, no guessing."""
+    tiny_diffusers.save_pretrained(tmp_path / "unet")
+    loaded = load_sd_unet(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")  # no guess warning
+    assert loaded.config == TINY
+    with pytest.raises(ValueError, match="pass variant=None, or pass the folder"):
+        load_sd_unet(tmp_path / "unet" / "diffusion_pytorch_model.safetensors", variant="fp16")
+
+
 def test_sd2_and_xl_files_load_without_config(tmp_path):
     for config in (SD2_WIDE, XL_WIDE):
         model = _random_unet(config)
@@ -307,6 +316,7 @@ def test_unsupported_layouts_list_every_problem():
         infer_unet_config(state)
     message = str(info.value)
     assert "class embedding (class_embedding.*) is not in SDUNet" in message and "conv_in kernel (1, 1)" in message
+    assert "pass config=" in message
 
 
 # ---- 2b. prediction type, as diffusers infers it --------------------------------------------

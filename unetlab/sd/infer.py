@@ -75,6 +75,10 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # global_step of the SD 2.0-base (512 px, ε) checkpoint: diffusers' one exception to "SD 2.x is v"
 SD20_BASE_GLOBAL_STEP = 875000
 _EMA_HEAD = LDM_EMA_PREFIX + "diffusion_model"
+_PASS_CONFIG = (
+    "\nIf it is an SD UNet that SDUNet builds, pass config= (a preset name, a UNetConfig or its config.json "
+    "dict); the loader then lists each tensor that does not fit."
+)
 
 
 class CheckpointError(ValueError):
@@ -245,7 +249,9 @@ def _ldm_skeleton(ldm: Mapping[str, torch.Tensor]) -> dict:
             levels[-1].append(i)
     per_level = [len(level) for level in levels]
     if not entries or 0 in per_level:
-        raise CheckpointError(f"cannot read the down path: input_blocks {entries} split by downsamplers into {per_level}")
+        raise CheckpointError(
+            f"cannot read the down path: input_blocks {entries} split by downsamplers into {per_level}" + _PASS_CONFIG
+        )
     layers = per_level[0]
     if len(set(per_level)) != 1:
         problems.append(f"levels have different numbers of ResNets ({per_level}); SDUNet has one layers_per_block")
@@ -269,7 +275,7 @@ def _ldm_skeleton(ldm: Mapping[str, torch.Tensor]) -> dict:
     elif any(k.startswith("label_emb.") for k in keys):
         problems.append("class-label embedding (label_emb.weight: e.g. the x4 upscaler's noise level) is not in SDUNet")
     if problems:
-        raise CheckpointError("this UNet's layout is not one SDUNet builds:\n    " + "\n    ".join(problems))
+        raise CheckpointError("this UNet's layout is not one SDUNet builds:\n    " + "\n    ".join(problems) + _PASS_CONFIG)
     return {
         "down_block_types": down_types,
         "up_block_types": up_types,
@@ -308,7 +314,9 @@ def _facts_from_diffusers_names(sd: Mapping[str, torch.Tensor]) -> dict:
     conv_in, conv_out = shape("conv_in.weight"), shape("conv_out.weight")
     n = _count(keys, "down_blocks.")
     if n == 0 or _count(keys, "up_blocks.") != n:
-        raise CheckpointError(f"cannot read the blocks: {n} down blocks, {_count(keys, 'up_blocks.')} up blocks")
+        raise CheckpointError(
+            f"cannot read the blocks: {n} down blocks, {_count(keys, 'up_blocks.')} up blocks" + _PASS_CONFIG
+        )
     layers = _count(keys, "down_blocks.0.resnets.")
     channels, down_types, depth = [], [], []
     for b in range(n):
@@ -353,7 +361,9 @@ def _facts_from_diffusers_names(sd: Mapping[str, torch.Tensor]) -> dict:
     if time is not None and channels and time.shape[0] != 4 * channels[0]:
         problems.append(f"time embedding width {time.shape[0]} is not 4 x {channels[0]} (SDUNet: 4 x first block width)")
     if problems:
-        raise CheckpointError("cannot read the UNet architecture from the tensors:\n    " + "\n    ".join(problems))
+        raise CheckpointError(
+            "cannot read the UNet architecture from the tensors:\n    " + "\n    ".join(problems) + _PASS_CONFIG
+        )
     return {
         "in_channels": conv_in[1],
         "out_channels": conv_out[0],

@@ -424,6 +424,20 @@ def _no_weights_error(folder: Path, variant: str | None, name: str | None = None
     return CheckpointError("\n".join(lines))
 
 
+def _read_config_json(config_json: Path, folder: Path):
+    """The UNetConfig of a diffusers ``config.json`` (named after the model's folder)."""
+    from unetlab.configs import UNetConfig
+
+    try:
+        raw = json.loads(config_json.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_json}: not valid JSON ({exc})") from None
+    try:
+        return UNetConfig.from_diffusers(raw, name=folder.parent.name if folder.name == "unet" else folder.name)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{config_json}: not a UNet config SDUNet builds ({exc})") from None
+
+
 def _load_diffusers_folder(folder: Path, config, device, dtype, variant, ema):
     if ema:
         raise CheckpointError(
@@ -435,13 +449,7 @@ def _load_diffusers_folder(folder: Path, config, device, dtype, variant, ema):
         raise _no_weights_error(folder, variant)
     if config is None:
         config_json = folder / CONFIG_NAME
-        try:
-            raw = json.loads(config_json.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{config_json}: not valid JSON ({exc})") from None
-        from unetlab.configs import UNetConfig
-
-        config = UNetConfig.from_diffusers(raw, name=folder.parent.name if folder.name == "unet" else folder.name)
+        config = _read_config_json(config_json, folder)
     else:
         config_json = None
         config = resolve_config(config)
@@ -721,7 +729,13 @@ def load_sd_unet(
         if path.suffix not in _SINGLE_FILE_SUFFIXES:
             raise CheckpointError(f"{path}: unknown weights format; expected one of {', '.join(_SINGLE_FILE_SUFFIXES)}")
         if variant is not None:
-            raise TypeError(f"variant={variant!r} names a file inside a diffusers folder; {path} is one file already")
+            raise ValueError(
+                f"variant={variant!r} picks a file inside a diffusers folder, but {path} is one file already: "
+                f"pass variant=None, or pass the folder ({path.parent}) with variant={variant!r}"
+            )
+        if config is None and path.name.startswith(WEIGHTS_NAME) and (path.parent / CONFIG_NAME).is_file():
+            # diffusion_pytorch_model.safetensors given directly: its config.json sits next to it
+            config = _read_config_json(path.parent / CONFIG_NAME, path.parent)
         return _load_single_file(path, config, device, dtype, ema)
     # a folder: the model folder itself, its subfolder, or a pipeline's unet/
     candidates = [path / subfolder] if subfolder else [path, path / "unet"]
