@@ -21,7 +21,10 @@ API
       the tensors (:func:`infer_unet_config`: 9-channel inpainting, 8-channel instruct-pix2pix,
       SD 1.x / 2.x / XL …) unless ``config=`` names it (``"sd15"``, a :class:`unetlab.UNetConfig`,
       a config.json dict); a ``config=`` that the tensors contradict is refused with every
-      disagreement named (e.g. ``in_channels``: "the checkpoint's conv_in takes 9 channels …");
+      disagreement named (e.g. ``in_channels``: "the checkpoint's conv_in takes 9 channels …").
+      A ``.safetensors`` file is read lazily: only the chosen UNet copy's tensors leave the disk
+      (a pickle is read whole). A ``diffusion_pytorch_model*`` file given directly uses the
+      ``config.json`` beside it;
     * a Hugging Face hub id (``"stable-diffusion-v1-5/stable-diffusion-v1-5"``) or one of the
       short names ``"sd15"``, ``"sd21"``, ``"sdxl"``: taken from the local Hugging Face cache
       (with ``variant=``, the cached variant files) when it is there; otherwise downloaded (only
