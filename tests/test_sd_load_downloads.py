@@ -506,6 +506,46 @@ def test_download_patterns_pick_one_variant(tiny_diffusers, tmp_path):
     assert not any("fp16" in f or "non_ema" in f for f in plain)
 
 
+def test_download_asks_for_the_variant(tiny_diffusers, tmp_path, monkeypatch):
+    """The download path (network replaced by a fake snapshot_download): variant files only, then loaded."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    source = tmp_path / "remote" / "unet"
+    tiny_diffusers.save_pretrained(source)
+    tiny_diffusers.save_pretrained(source, variant="fp16")
+    calls = []
+
+    def fake_snapshot_download(repo, allow_patterns, cache_dir):
+        """Copy the 'remote' files that allow_patterns select into a cache snapshot, like the hub client."""
+        calls.append((repo, list(allow_patterns)))
+        repo_dir = cache_dir / ("models--" + repo.replace("/", "--"))
+        commit = "89abcdef0123456789abcdef0123456789abcdef"
+        unet = repo_dir / "snapshots" / commit / "unet"
+        unet.mkdir(parents=True, exist_ok=True)
+        (repo_dir / "refs").mkdir(exist_ok=True)
+        (repo_dir / "refs" / "main").write_text(commit)
+        for f in source.iterdir():
+            if any(fnmatch.fnmatch(f"unet/{f.name}", p) for p in allow_patterns):
+                (unet / f.name).write_bytes(f.read_bytes())
+        return str(unet.parent)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    loaded = load_sd_unet("someone/remote-sd", variant="fp16", cache_dir=tmp_path / "hub")
+    state = tiny_diffusers.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
+    assert calls[0][0] == "someone/remote-sd" and "unet/diffusion_pytorch_model.fp16.safetensors" in calls[0][1]
+    unet = find_local_weights("someone/remote-sd", variant="fp16", cache_dir=tmp_path / "hub")
+    assert sorted(f.name for f in unet.iterdir()) == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
+    # now cached: no second download
+    load_sd_unet("someone/remote-sd", variant="fp16", cache_dir=tmp_path / "hub")
+    assert len(calls) == 1
+    # a variant the repo does not have: the error lists what came and says what to pass
+    with pytest.raises(CheckpointError, match='(?s)no weights for variant="bf16".*pass variant="fp16"'):
+        load_sd_unet("someone/remote-sd", variant="bf16", cache_dir=tmp_path / "hub")
+
+
 # ---- bad input: a single file with no UNet -------------------------------------------------------
 def test_single_file_without_unet_says_what_it_is(tmp_path):
     save_file({"first_stage_model.encoder.conv_in.weight": torch.zeros(2),
