@@ -48,7 +48,6 @@ from unetlab.sd.ldm_keys import (
     EMA_BOOKKEEPING,
     LDM_EMA_PREFIX,
     LDM_UNET_PREFIX,
-    KeyMap,
     ldm_to_diffusers,
     split_ema_key,
 )

@@ -85,7 +85,7 @@ from unetlab.sd.infer import (
     infer_unet_config,
     select_unet_weights,
 )
-from unetlab.sd.ldm_keys import LDM_UNET_PREFIX, KeyMap, ema_to_ldm, ldm_to_diffusers
+from unetlab.sd.ldm_keys import KeyMap, ema_to_ldm, ldm_to_diffusers
 
 __all__ = [
     "CheckpointError",
