@@ -51,6 +51,7 @@ from unetlab.sd.ldm_keys import (
     ldm_to_diffusers,
     split_ema_key,
 )
+from unetlab.sd.weight_files import CheckpointError, read_checkpoint
 
 __all__ = [
     "UNetWeights",
@@ -78,10 +79,6 @@ _PASS_CONFIG = (
     "\nIf it is an SD UNet that SDUNet builds, pass config= (a preset name, a UNetConfig or its config.json "
     "dict); the loader then lists each tensor that does not fit."
 )
-
-
-class CheckpointError(ValueError):
-    """A weights file or folder that cannot be loaded into the UNet; the message says why."""
 
 
 # ---- which tensors are the UNet -------------------------------------------------------------
@@ -542,8 +539,6 @@ def _read_for_prediction(path: Path):
             # meta tensors: the shapes without reading gigabytes
             shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
         return shapes, None
-    from unetlab.sd.load import read_checkpoint
-
     tensors, extra = read_checkpoint(path)
     return tensors, extra.get("global_step")
 

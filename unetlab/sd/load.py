@@ -44,7 +44,7 @@ API
     v); a scheduler config or pipeline folder gives its own value. See :mod:`unetlab.sd.infer`.
 ``read_state_dict(path)``
     The tensors of one weights file (same safety rules), as a dict.
-``read_checkpoint(path) -> (tensors, extra)``
+``read_checkpoint(path) -> (tensors, extra)`` (from :mod:`unetlab.sd.weight_files`)
     The same, plus the non-tensor entries next to a Lightning ``state_dict`` (``global_step`` …).
 ``infer_config(state_dict)``
     The SD family preset name (``"sd15"`` / ``"sd21"`` / ``"sdxl"``) from the context width that
@@ -65,9 +65,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -75,7 +73,6 @@ import torch
 
 from unetlab.configs import resolve_config
 from unetlab.sd.infer import (
-    CheckpointError,
     UNetWeights,
     _as_diffusers_names,
     _facts_from_diffusers_names,
@@ -86,6 +83,14 @@ from unetlab.sd.infer import (
     select_unet_weights,
 )
 from unetlab.sd.ldm_keys import KeyMap, ema_to_ldm, ldm_to_diffusers
+from unetlab.sd.weight_files import (
+    SINGLE_FILE_SUFFIXES,
+    CheckpointError,
+    LazySafetensors,
+    short_list,
+    read_checkpoint,
+    read_state_dict,
+)
 
 __all__ = [
     "CheckpointError",
@@ -110,11 +115,10 @@ _NAME_ALIASES = {"sd1.5": "sd15", "sd-1.5": "sd15", "sd2.1": "sd21", "sd-2.1": "
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
 CONFIG_NAME = "config.json"
-_SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# (pipeline.py imports _SINGLE_FILE_SUFFIXES from here)
+_SINGLE_FILE_SUFFIXES = SINGLE_FILE_SUFFIXES
 # context width of attn2.to_k -> preset
 _CONTEXT_DIM_TO_PRESET = {768: "sd15", 1024: "sd21", 2048: "sdxl"}
-_LIST_MAX = 10  # how many names of each kind of problem an error lists
 
 
 def default_device() -> str:
@@ -162,89 +166,6 @@ def _how_to_get(name: str | None = None, variant: str | None = None) -> str:
 
 
 # ---- reading one file ---------------------------------------------------------------------
-def _short_list(names, what: str) -> str:
-    """'3 missing key(s):' and the first _LIST_MAX names, one per line."""
-    names = sorted(names)
-    lines = [f"{len(names)} {what}:"] + [f"    {n}" for n in names[:_LIST_MAX]]
-    if len(names) > _LIST_MAX:
-        lines.append(f"    … and {len(names) - _LIST_MAX} more")
-    return "\n".join(lines)
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except SafetensorError as exc:
-        raise CheckpointError(
-            f"{path}: not a readable safetensors file ({exc}). The file is probably truncated "
-            "(an interrupted download?) or not safetensors at all; download it again."
-        ) from None
-
-
-def _read_pickle(path: Path) -> Any:
-    try:
-        with warnings.catch_warnings():
-            # the weights-only unpickler warns about pickle protocols it was not written for
-            warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        detail = [line for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line]
-        raise CheckpointError(
-            f"{path}: this pickle holds objects other than tensors and plain containers "
-            f"({detail[0].strip() if detail else 'refused by the weights-only unpickler'}). "
-            "It was read with torch.load(weights_only=True), so NOTHING in it was executed. "
-            "A pickle can run arbitrary code; load only weights you trust, and prefer .safetensors."
-        ) from None
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc}). "
-            "The file is probably truncated or damaged; download it again."
-        ) from None
-    return obj
-
-
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(tensors, extra)`` of one weights file (``.safetensors``; pickles only with ``weights_only=True``).
-
-    A Lightning/LDM checkpoint ``{"state_dict": {...}, "global_step": 875000, …}`` gives its
-    ``state_dict`` as ``tensors`` and the other top-level entries as ``extra`` (``global_step``
-    as an int). Raises ``FileNotFoundError``, or :class:`CheckpointError` for a file that is
-    not a dict of tensors (listing the entries that are not).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path), {}
-    if path.suffix not in _PICKLE_SUFFIXES:
-        raise CheckpointError(f"{path}: unknown weights format; expected one of {', '.join(_SINGLE_FILE_SUFFIXES)}")
-    obj = _read_pickle(path)
-    extra: dict[str, Any] = {}
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        extra = {k: v for k, v in obj.items() if k != "state_dict"}
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a dict of tensors (or {{'state_dict': …}}), got {type(obj).__name__}")
-    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(f"{path}: " + _short_list(not_tensors, "entries are not tensors"))
-    step = extra.get("global_step")
-    if isinstance(step, torch.Tensor) and step.numel() == 1:
-        extra["global_step"] = int(step)
-    return dict(obj), extra
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors in one weights file (``.safetensors``; pickles only with ``weights_only=True``).
-
-    A Lightning/LDM checkpoint's ``{"state_dict": {...}, "global_step": …}`` is unwrapped.
-    """
-    return read_checkpoint(path)[0]
-
-
 # ---- which config ------------------------------------------------------------------------
 def infer_config(state_dict: Mapping[str, torch.Tensor]) -> str:
     """The SD family preset (``"sd15"``, ``"sd21"``, ``"sdxl"``) these UNet weights belong to.
@@ -304,11 +225,11 @@ def _check_against(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor
     ]
     problems = []
     if missing:
-        problems.append(_short_list(missing, "missing key(s)"))
+        problems.append(short_list(missing, "missing key(s)"))
     if unexpected:
-        problems.append(_short_list(unexpected, "unexpected key(s)"))
+        problems.append(short_list(unexpected, "unexpected key(s)"))
     if wrong:
-        problems.append(_short_list(wrong, "shape mismatch(es)"))
+        problems.append(short_list(wrong, "shape mismatch(es)"))
     if problems:
         raise CheckpointError(
             f"{origin} does not fit this UNet config ({len(expected)} tensors expected, {len(state_dict) + len(extra)} given):\n"
@@ -401,7 +322,7 @@ def _shards(index: Path) -> list[Path]:
     if missing:
         raise CheckpointError(
             f"{index}: {len(missing)} of its {len(files)} shard(s) are not in {index.parent} "
-            f"(an interrupted download?):\n" + _short_list(missing, "missing shard(s)")
+            f"(an interrupted download?):\n" + short_list(missing, "missing shard(s)")
             + "\nDownload the folder again (hf download … resumes)."
         )
     return [index.parent / f for f in files]
@@ -471,45 +392,9 @@ def _load_diffusers_folder(folder: Path, config, device, dtype, variant, ema):
 
 
 # ---- original single files ------------------------------------------------------------------
-class _LazySafetensors(Mapping):
-    """A ``.safetensors`` file as a read-only mapping that reads a tensor when it is looked up.
-
-    The loader picks the UNet's keys first, so the VAE, the text encoder and the unused copy of a
-    two-UNet file (about half of a 7.7 GB ``v1-5-pruned.safetensors``) are never read into memory.
-    """
-
-    def __init__(self, path: Path):
-        from safetensors import SafetensorError, safe_open
-
-        self.path = path
-        try:
-            self._file = safe_open(str(path), framework="pt", device="cpu")
-            self._keys = list(self._file.keys())
-            self._key_set = set(self._keys)
-        except SafetensorError as exc:
-            raise CheckpointError(
-                f"{path}: not a readable safetensors file ({exc}). The file is probably truncated "
-                "(an interrupted download?) or not safetensors at all; download it again."
-            ) from None
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self._key_set:
-            raise KeyError(key)
-        return self._file.get_tensor(key)
-
-    def __iter__(self):
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __contains__(self, key) -> bool:
-        return key in self._key_set
-
-
 def _load_single_file(path: Path, config, device, dtype, ema):
     # .safetensors: only the chosen UNet's tensors are read; a pickle has to be read whole
-    raw = _LazySafetensors(path) if path.suffix == ".safetensors" else read_state_dict(path)
+    raw = LazySafetensors(path) if path.suffix == ".safetensors" else read_state_dict(path)
     # stacklevel 4: the EMA warning points at the caller of load_sd_unet
     weights = select_unet_weights(raw, ema, origin=str(path), stacklevel=4)
     del raw
