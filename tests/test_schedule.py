@@ -2,8 +2,9 @@
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr as diffusers_rescale
 
-from unetlab.schedule import NoiseSchedule, psnr
+from unetlab.schedule import NoiseSchedule, denoise, denoising_quality, psnr, rescale_zero_terminal_snr
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +27,111 @@ def test_linear_schedule_matches_diffusers():
 
 
 def test_sd_schedule_does_not_reach_pure_noise():
-    # the docstring's claim: alpha_bar_999 is about 0.0047, not 0
+    # the docstring's claim: alpha_bar_999 is about 0.0047, not 0, so x_999 keeps sqrt(alpha_bar_999) ≈ 0.068
+    # of the image: the signal leak
     a = NoiseSchedule().alphas_cumprod
     assert 0.004 < float(a[-1]) < 0.0055
+    assert float(a[-1].sqrt()) == pytest.approx(0.068, abs=0.001)
     assert float(a[0]) == pytest.approx(1 - 0.00085, abs=1e-6)
+    # the zero-terminal-SNR option removes it, and keeps the first step
+    zero = NoiseSchedule(rescale_betas_zero_snr=True).alphas_cumprod
+    assert float(zero[-1]) == 0.0 and float(zero[-2]) > 0
+    assert float(zero[0]) == pytest.approx(float(a[0]), abs=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+    dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02),
+    dict(beta_schedule="squaredcos_cap_v2"),
+])
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_every_beta_schedule_and_zero_snr_match_diffusers(kwargs, zero_snr):
+    ref = DDPMScheduler(**kwargs, rescale_betas_zero_snr=zero_snr)
+    s = NoiseSchedule(**kwargs, rescale_betas_zero_snr=zero_snr)
+    torch.testing.assert_close(s.betas, ref.betas, rtol=0, atol=0)
+    torch.testing.assert_close(s.alphas_cumprod, ref.alphas_cumprod, rtol=0, atol=0)
+    torch.testing.assert_close(rescale_zero_terminal_snr(ref.betas.clone()), diffusers_rescale(ref.betas.clone()), rtol=0, atol=0)
+
+
+def test_from_config_reads_diffusers_scheduler_configs():
+    sd15 = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
+            "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+            "clip_sample": False}
+    s = NoiseSchedule.from_config(sd15)
+    assert s.config == NoiseSchedule().config and torch.equal(s.alphas_cumprod, NoiseSchedule().alphas_cumprod)
+    # SD 2.1 (768): a v-prediction model
+    sd21 = dict(sd15, _class_name="DDIMScheduler", prediction_type="v_prediction")
+    assert NoiseSchedule.from_config(sd21).prediction_type == "v_prediction"
+    # missing keys mean what they mean to diffusers (linear 0.0001 .. 0.02, epsilon)
+    empty = NoiseSchedule.from_config({})
+    assert empty.prediction_type == "epsilon" and empty.beta_schedule == "linear"
+    torch.testing.assert_close(empty.alphas_cumprod, DDPMScheduler.from_config({}).alphas_cumprod, rtol=0, atol=0)
+    # a diffusers scheduler's own (frozen) config, and our config round trip
+    ref = DDPMScheduler(beta_schedule="scaled_linear", rescale_betas_zero_snr=True, prediction_type="sample")
+    ours = NoiseSchedule.from_config(ref.config)
+    torch.testing.assert_close(ours.alphas_cumprod, ref.alphas_cumprod, rtol=0, atol=0)
+    assert ours.prediction_type == "sample" and NoiseSchedule(**ours.config).config == ours.config
+    assert "rescale_betas_zero_snr=True" in repr(ours)
+
+
+def test_from_config_refuses_what_it_cannot_honour():
+    with pytest.raises(ValueError, match="beta_schedule='sigmoid'"):
+        NoiseSchedule.from_config({"beta_schedule": "sigmoid"})
+    with pytest.raises(ValueError, match="trained_betas"):
+        NoiseSchedule.from_config({"trained_betas": [0.1, 0.2]})
+    with pytest.raises(ValueError, match="prediction_type='eps'"):
+        NoiseSchedule.from_config({"prediction_type": "eps"})
+    with pytest.raises(ValueError, match="thresholding"):
+        NoiseSchedule.from_config({"thresholding": True})
+    # several problems: all of them in one message
+    with pytest.raises(ValueError, match="trained_betas.*beta_schedule"):
+        NoiseSchedule.from_config({"trained_betas": [0.1], "beta_schedule": "cosine"})
+    with pytest.raises(TypeError, match="dict"):
+        NoiseSchedule.from_config("scheduler_config.json")
+    with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
+        NoiseSchedule(rescale_betas_zero_snr="yes")
+    with pytest.raises(ValueError, match="prediction_type"):
+        NoiseSchedule(prediction_type="v")
+
+
+def _targets(s, x0, noise, t):
+    return {"epsilon": noise, "v_prediction": s.velocity(x0, noise, t), "sample": x0}
+
+
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_predict_x0_and_eps_invert_every_target(zero_snr):
+    s = NoiseSchedule(rescale_betas_zero_snr=zero_snr)
+    g = torch.Generator().manual_seed(4)
+    x0, noise = torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 3, 4, 4, generator=g)
+    t = torch.tensor([0, 300, 900, 998])
+    x_t = s.add_noise(x0, noise, t)
+    for kind, output in _targets(s, x0, noise, t).items():
+        torch.testing.assert_close(s.predict_x0(x_t, output, t, prediction_type=kind), x0, rtol=1e-3, atol=1e-3, msg=kind)
+        torch.testing.assert_close(s.predict_eps(x_t, output, t, prediction_type=kind), noise, rtol=1e-3, atol=1e-3, msg=kind)
+        torch.testing.assert_close(s.target(x0, noise, t, kind), output)
+    # None means the schedule's own prediction type
+    v = NoiseSchedule(prediction_type="v_prediction")
+    out = v.velocity(x0, noise, t)
+    torch.testing.assert_close(v.predict_x0(v.add_noise(x0, noise, t), out, t), x0, rtol=1e-3, atol=1e-3)
+
+
+def test_velocity_matches_diffusers_get_velocity(reference):
+    g = torch.Generator().manual_seed(5)
+    x0, noise = torch.randn(3, 3, 4, 4, generator=g), torch.randn(3, 3, 4, 4, generator=g)
+    t = torch.tensor([1, 500, 999])
+    torch.testing.assert_close(NoiseSchedule().velocity(x0, noise, t), reference.get_velocity(x0, noise, t),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_epsilon_at_zero_terminal_snr_is_refused():
+    s = NoiseSchedule(rescale_betas_zero_snr=True)
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="v_prediction"):
+        s.predict_x0(x, x, 999)
+    # v and x0 predictions are defined there: x0 = -v, eps = x_t
+    torch.testing.assert_close(s.predict_x0(x, x, 999, prediction_type="v_prediction"), -x)
+    torch.testing.assert_close(s.predict_eps(x, 2 * x, 999, prediction_type="sample"), x)
 
 
 def test_add_noise_matches_diffusers(reference):
@@ -67,7 +169,7 @@ def test_timestep_forms_and_range_errors():
 
 
 def test_bad_schedule_settings():
-    with pytest.raises(ValueError, match="beta_schedule"):
+    with pytest.raises(ValueError, match="beta_schedule.*'cosine'"):
         NoiseSchedule(beta_schedule="cosine")
     with pytest.raises(ValueError, match="beta_start"):
         NoiseSchedule(beta_start=0.02, beta_end=0.01)
@@ -131,3 +233,34 @@ def test_psnr_range_convention():
     assert float(psnr(b, a)) == pytest.approx(20.0)
     assert float(psnr((b + 1) / 2, (a + 1) / 2, data_range=1.0)) == pytest.approx(20.0)
     assert psnr(b, a, reduce=False).shape == (2,)
+
+
+@pytest.mark.parametrize("kind", ["v_prediction", "sample"])
+def test_training_loss_trains_the_chosen_target(kind):
+    s = NoiseSchedule(prediction_type=kind)
+    g = torch.Generator().manual_seed(6)
+    x0, noise = torch.randn(3, 3, 4, 4, generator=g), torch.randn(3, 3, 4, 4, generator=g)
+    t = torch.tensor([10, 400, 999])
+    target = _targets(s, x0, noise, t)[kind]
+    perfect = lambda x_t, t_in: target  # noqa: E731
+    # the schedule's type by default, any type when asked
+    assert float(s.training_loss(perfect, x0, t=t, noise=noise)) == 0.0
+    assert float(s.training_loss(perfect, x0, t=t, noise=noise, prediction_type="epsilon")) > 0.1
+    eps_model = lambda x_t, t_in: noise  # noqa: E731
+    assert float(s.training_loss(eps_model, x0, t=t, noise=noise, prediction_type="epsilon")) == 0.0
+    zero = lambda x_t, t_in: torch.zeros_like(x_t)  # noqa: E731
+    torch.testing.assert_close(s.training_loss(zero, x0, t=t, noise=noise), (target**2).mean())
+    with pytest.raises(ValueError, match="prediction_type"):
+        s.training_loss(zero, x0, t=t, noise=noise, prediction_type="x0")
+
+
+def test_epsilon_only_paths_refuse_other_prediction_types():
+    v = NoiseSchedule(prediction_type="v_prediction")
+    x0 = torch.zeros(1, 3, 4, 4)
+    model = lambda x_t, t: x_t  # noqa: E731
+    with pytest.raises(ValueError, match="denoise assumes.*prediction_type='v_prediction'.*predict_x0"):
+        denoise(model, x0, 10, torch.zeros_like(x0), schedule=v)
+    with pytest.raises(ValueError, match="denoising_quality assumes.*'epsilon'"):
+        denoising_quality(model, x0, [10], schedule=v)
+    # the epsilon schedule still works
+    assert set(denoising_quality(model, x0, [10])[10]) == {"mse", "psnr"}

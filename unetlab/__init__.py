@@ -44,6 +44,19 @@ _EXPORTS = {
     "block_table": "unetlab.sd.tables",
     "skip_table": "unetlab.sd.tables",
     "io_table": "unetlab.sd.tables",
+    # chapter 7: steering the UNet (ControlNet, T2I-Adapter, IP-Adapter)
+    "ControlNet": "unetlab.sd.controlnet",
+    "load_controlnet": "unetlab.sd.controlnet",
+    "check_compatible": "unetlab.sd.controlnet",
+    "unet_with_controlnet": "unetlab.sd.controlnet",
+    "T2IAdapter": "unetlab.sd.t2i_adapter",
+    "ImageProjection": "unetlab.sd.ip_adapter",
+    "enable_ip_adapter": "unetlab.sd.ip_adapter",
+    "load_ip_adapter": "unetlab.sd.ip_adapter",
+    "set_ip_adapter_scale": "unetlab.sd.ip_adapter",
+    "skip_shapes": "unetlab.sd.unet",
+    "intrablock_shapes": "unetlab.sd.unet",
+    "adapter_params": "unetlab.sd.count",
     # attention capture
     "capture_attention": "unetlab.capture",
     "AttentionStore": "unetlab.capture",
@@ -59,10 +72,11 @@ _EXPORTS = {
     "psnr": "unetlab.schedule",
     "DDPMSampler": "unetlab.samplers",
     "DDIMSampler": "unetlab.samplers",
+    "guided_eps": "unetlab.guidance",
     "load_checkpoint": "unetlab.checkpoints",
 }
 
-_SUBMODULES = {"configs", "homework", "data", "schedule", "samplers", "train", "tracing", "sd", "plots", "text", "capture"}
+_SUBMODULES = {"configs", "homework", "data", "schedule", "samplers", "train", "tracing", "sd", "plots", "text", "capture", "guidance"}
 
 
 def __getattr__(name: str):

@@ -30,6 +30,18 @@ Hook on the attention probabilities (used by ``unetlab.capture.capture_attention
     the output unchanged (the explicit path equals SDPA); a hook may return a tensor of the
     same shape to replace the probabilities (attention editing). Don't modify ``probs`` in place.
 
+IP-Adapter's decoupled cross-attention (Ye et al. 2023, arXiv:2308.06721; diffusers'
+``IPAdapterAttnProcessor2_0``), an option of a cross-attention ``Attention``
+    ``attn.enable_ip_adapter(scale=1.0)`` adds ``to_k_ip`` and ``to_v_ip`` (``cross_attention_dim ->
+    heads·dim_head``, no bias; they start as copies of ``to_k`` / ``to_v``, as IP-Adapter's training
+    does). Then ``attn(x, (context, ip_tokens))`` computes
+    ``softmax(q kᵀ·s) v + ip_scale · softmax(q k_ipᵀ·s) v_ip``: the same queries attend separately to
+    the text tokens and to the image tokens ``ip_tokens`` ``(B, n_image_tokens, cross_attention_dim)``,
+    and the two results are added before ``to_out``. ``attn.ip_scale`` (default 1.0) weighs the image;
+    0 gives back the text-only output exactly. Probability hooks see the text probabilities only.
+    Where the image tokens come from: ``unetlab.sd.ip_adapter`` (a CLIP image encoder's embedding,
+    projected by ``ImageProjection``).
+
 Half precision: the explicit path takes the softmax in float32 (and ``q kᵀ`` too when
 ``upcast_attention``, as SD 2.1 asks); SDPA's kernels accumulate in float32 themselves, and
 ``upcast_attention`` does not change the SDPA path — as in diffusers' default processor.
@@ -128,7 +140,8 @@ class Attention(nn.Module):
 
     ``forward(x, context=None)``: ``x`` is ``(B, N, query_dim)``; ``context`` is
     ``(B, M, cross_attention_dim)`` for cross-attention or None for self-attention (then
-    keys and values come from ``x``). Returns ``(B, N, query_dim)``.
+    keys and values come from ``x``). Returns ``(B, N, query_dim)``. After ``enable_ip_adapter()``,
+    ``context`` may also be the pair ``(context, ip_tokens)`` (IP-Adapter, see the module docstring).
 
     ``use_sdpa`` (class attribute, default True; may be set per instance) picks the fused
     SDPA path; registered probability hooks force the explicit path (see the module docstring).
@@ -164,6 +177,10 @@ class Attention(nn.Module):
         # to_out.0 = output projection, to_out.1 = dropout (diffusers' layout)
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim), nn.Dropout(dropout)])
         self._probs_hooks: OrderedDict[int, ProbsHook] = OrderedDict()
+        # IP-Adapter (off until enable_ip_adapter): image keys/values and their weight
+        self.to_k_ip: nn.Linear | None = None
+        self.to_v_ip: nn.Linear | None = None
+        self.ip_scale: float = 1.0
 
     def extra_repr(self) -> str:
         kind = "cross" if self.is_cross_attention else "self"
@@ -185,6 +202,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 3 or x.shape[-1] != self.query_dim:
             raise ValueError(f"Attention expects x of shape (B, N, {self.query_dim}), got {tuple(x.shape)}")
+        ip_tokens = None
+        if isinstance(context, tuple):
+            # IP-Adapter: (text context, image tokens), as diffusers passes encoder_hidden_states
+            context, ip_tokens = self._split_ip_context(x, context)
         if context is None:
             context = x
         if context.ndim != 3 or context.shape[-1] != self.cross_attention_dim or context.shape[0] != x.shape[0]:
@@ -208,6 +229,9 @@ class Attention(nn.Module):
 
         # (B, heads, N, d) -> (B, N, heads·d)
         out = out.transpose(1, 2).reshape(B, N, self.inner_dim)
+        if ip_tokens is not None and self.ip_scale != 0:
+            # (B, N, heads·d) + ip_scale · (the same queries attending to the image tokens), as diffusers adds it
+            out = out + self.ip_scale * self._ip_attention(q, ip_tokens)
         # (B, N, query_dim)
         out = self.to_out[0](out)
         return self.to_out[1](out)
@@ -230,6 +254,56 @@ class Attention(nn.Module):
                 probs = replaced.to(v.dtype)
         # (B, heads, N, d)
         return torch.matmul(probs, v)
+
+
+    # ---- IP-Adapter ------------------------------------------------------------------------------
+    def enable_ip_adapter(self, scale: float = 1.0, copy_text_projections: bool = True) -> None:
+        """Add IP-Adapter's ``to_k_ip`` / ``to_v_ip`` (``cross_attention_dim -> heads·dim_head``, no bias).
+
+        ``copy_text_projections``: start them as copies of ``to_k`` / ``to_v`` (IP-Adapter's training
+        initialisation); otherwise PyTorch's default init. Only for cross-attention (``ValueError`` otherwise).
+        """
+        if not self.is_cross_attention:
+            raise ValueError("IP-Adapter adds image keys/values to cross-attention; this Attention is self-attention")
+        w = self.to_k.weight
+        self.to_k_ip = nn.Linear(self.cross_attention_dim, self.inner_dim, bias=False, device=w.device, dtype=w.dtype)
+        self.to_v_ip = nn.Linear(self.cross_attention_dim, self.inner_dim, bias=False, device=w.device, dtype=w.dtype)
+        if copy_text_projections and not w.is_meta:
+            with torch.no_grad():
+                self.to_k_ip.weight.copy_(self.to_k.weight)
+                self.to_v_ip.weight.copy_(self.to_v.weight)
+        self.ip_scale = float(scale)
+
+    def _split_ip_context(self, x: torch.Tensor, pair: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(pair) != 2:
+            raise ValueError(f"a tuple context must be (context, ip_tokens), got {len(pair)} items")
+        if self.to_k_ip is None:
+            raise ValueError(
+                "got (context, ip_tokens) but this Attention has no IP-Adapter projections; "
+                "call attn.enable_ip_adapter() (or unetlab.sd.ip_adapter.enable_ip_adapter(unet)) first"
+            )
+        context, ip_tokens = pair
+        if (not isinstance(ip_tokens, torch.Tensor) or ip_tokens.ndim != 3
+                or ip_tokens.shape[-1] != self.cross_attention_dim or ip_tokens.shape[0] != x.shape[0]):
+            got = tuple(ip_tokens.shape) if isinstance(ip_tokens, torch.Tensor) else type(ip_tokens).__name__
+            raise ValueError(f"ip_tokens must have shape ({x.shape[0]}, n_image_tokens, {self.cross_attention_dim}), got {got}")
+        return context, ip_tokens
+
+    def _ip_attention(self, q: torch.Tensor, ip_tokens: torch.Tensor) -> torch.Tensor:
+        """The queries ``q`` ``(B, heads, N, d)`` attending to the image tokens: ``(B, N, heads·d)``."""
+        # (B, heads, M_ip, d): M_ip = 4 image tokens for the plain IP-Adapter
+        k = self._split_heads(self.to_k_ip(ip_tokens))
+        v = self._split_heads(self.to_v_ip(ip_tokens))
+        if self.use_sdpa:
+            # (B, heads, N, d)
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            # (B, heads, N, M_ip), softmax over the image tokens in float32
+            probs = (torch.matmul(q, k.transpose(-2, -1)) * self.scale).float().softmax(dim=-1).to(v.dtype)
+            # (B, heads, N, d)
+            out = torch.matmul(probs, v)
+        # (B, N, heads·d)
+        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], self.inner_dim)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,8 @@ Every block has the same call signature, so ``SDUNet.forward`` runs them in one 
 
 * down: ``h, skips = block(h, time_emb, context)``. ``skips`` holds the output of every
   ResNet(+attention) layer and of the downsampler: 3 tensors per SD 1.5 block (2 for the last).
+  ``CrossAttnDownBlock2D`` also takes ``additional_residuals=`` (a T2I-Adapter feature, diffusers'
+  name), added after its last ResNet+attention pair.
 * mid:  ``h = block(h, time_emb, context)``.
 * up:   ``h = block(h, skips, time_emb, context, upsample_size)``. Each of its
   ``layers_per_block + 1`` ResNets first concatenates one skip (the last one in ``skips``)
@@ -21,7 +23,15 @@ import torch.nn as nn
 from unetlab.attention import Transformer2DModel
 from unetlab.sd.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
-__all__ = ["DownBlock2D", "CrossAttnDownBlock2D", "UNetMidBlock2DCrossAttn", "UpBlock2D", "CrossAttnUpBlock2D"]
+__all__ = [
+    "DownBlock2D",
+    "CrossAttnDownBlock2D",
+    "UNetMidBlock2DCrossAttn",
+    "UpBlock2D",
+    "CrossAttnUpBlock2D",
+    "build_down_blocks",
+    "build_mid_block",
+]
 
 
 def _transformer(channels, heads, layers, cross_attention_dim, groups, use_linear_projection, upcast_attention):
@@ -89,13 +99,20 @@ class CrossAttnDownBlock2D(nn.Module):
                                         cross_attention_dim, groups, use_linear_projection, upcast_attention)
         self.downsamplers = nn.ModuleList([Downsample2D(out_channels)]) if add_downsample else None
 
-    def forward(self, h, time_emb, context):
+    def forward(self, h, time_emb, context, additional_residuals=None):
+        """``additional_residuals`` (diffusers' name): T2I-Adapter's feature ``(B, C_out, H, W)``,
+        added to the output of the last ResNet+attention pair, before it is kept as a skip and
+        before the downsampler (diffusers' ``CrossAttnDownBlock2D``)."""
         skips = []
-        for resnet, attn in zip(self.resnets, self.attentions):
+        last = len(self.resnets) - 1
+        for i, (resnet, attn) in enumerate(zip(self.resnets, self.attentions)):
             # (B, C_out, H, W)
             h = resnet(h, time_emb)
             # (B, C_out, H, W): pixels attend to each other and to the text
             h = attn(h, context)
+            if i == last and additional_residuals is not None:
+                # (B, C_out, H, W) + adapter feature: the skip and the downsampler both see it
+                h = h + additional_residuals
             skips.append(h)
         if self.downsamplers is not None:
             # (B, C_out, H/2, W/2)
@@ -196,3 +213,36 @@ class CrossAttnUpBlock2D(nn.Module):
             # (B, C_out, 2H, 2W)
             h = self.upsamplers[0](h, upsample_size)
         return h
+
+
+# ---- the encoder half, built from a config: shared by SDUNet and ControlNet (its trainable copy) --
+def build_down_blocks(c) -> nn.ModuleList:
+    """The down path of a ``UNetConfig`` ``c``: block i works at width ``c.block_out_channels[i]``;
+    all but the last halve H, W. ``SDUNet.down_blocks`` and ``ControlNet.down_blocks`` are both
+    built here, so the copy has exactly the UNet's modules and parameter names."""
+    channels = c.block_out_channels
+    common = dict(groups=c.norm_num_groups, eps=c.norm_eps)
+    attn_common = dict(use_linear_projection=c.use_linear_projection, upcast_attention=c.upcast_attention)
+    blocks = nn.ModuleList()
+    for i, kind in enumerate(c.down_block_types):
+        in_ch = channels[i - 1] if i > 0 else channels[0]
+        last = i == len(channels) - 1
+        if kind == "CrossAttnDownBlock2D":
+            block = CrossAttnDownBlock2D(
+                in_ch, channels[i], c.time_embed_dim, c.cross_attention_dim, c.num_attention_heads[i],
+                num_layers=c.layers_per_block, transformer_layers=c.transformer_layers_per_block[i],
+                add_downsample=not last, **common, **attn_common,
+            )
+        else:
+            block = DownBlock2D(in_ch, channels[i], c.time_embed_dim, c.layers_per_block, not last, **common)
+        blocks.append(block)
+    return blocks
+
+
+def build_mid_block(c) -> UNetMidBlock2DCrossAttn:
+    """The mid block of a ``UNetConfig`` ``c``, at the lowest resolution and the last block's width."""
+    return UNetMidBlock2DCrossAttn(
+        c.block_out_channels[-1], c.time_embed_dim, c.cross_attention_dim, c.num_attention_heads[-1],
+        transformer_layers=c.transformer_layers_per_block[-1], groups=c.norm_num_groups, eps=c.norm_eps,
+        use_linear_projection=c.use_linear_projection, upcast_attention=c.upcast_attention,
+    )

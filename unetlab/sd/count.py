@@ -25,6 +25,13 @@ API
     The configs used (transformers ``CLIPTextConfig`` objects; diffusers ``AutoencoderKL`` kwargs).
 ``meta_unet(config_or_name)``
     The UNet (``SDUNet``) built on the meta device.
+``meta_controlnet(config_or_name)``
+    A ``ControlNet`` for that UNet, on the meta device; ``count_params(meta_controlnet("sd15"))`` breaks its
+    361,279,120 parameters down by part (conditioning embedding, copied blocks, zero convolutions).
+``adapter_params(name="sd15")``
+    What each way of steering the UNet costs (chapter 7): ControlNet (SD 1.5: 361,279,120), T2I-Adapter
+    (77,369,280), IP-Adapter (22,319,616), each next to the UNet's own parameters. Returns an
+    :class:`AdapterCount` (a Table with ``.counts``: method -> parameters, and ``.unet``).
 ``cli_add_arguments(parser)`` / ``cli_run(args)``
     ``python -m unetlab params sd15|sd21|sdxl|tiny [--components]``.
 """
@@ -48,6 +55,9 @@ __all__ = [
     "text_encoder_configs",
     "VAE_CONFIG",
     "meta_unet",
+    "meta_controlnet",
+    "AdapterCount",
+    "adapter_params",
     "cli_add_arguments",
     "cli_run",
 ]
@@ -61,6 +71,10 @@ _PART_TYPES = {
     "add_embedding": "TimestepEmbedding (SDXL text_time)",
     "conv_norm_out": "GroupNorm",
     "conv_out": "Conv2d",
+    # ControlNet's own parts
+    "controlnet_cond_embedding": "ControlNetConditioningEmbedding",
+    "controlnet_down_blocks": "zero convolutions (1x1), one per skip",
+    "controlnet_mid_block": "zero convolution (1x1)",
 }
 _BLOCK_LISTS = ("down_blocks", "up_blocks")
 
@@ -153,7 +167,8 @@ def count_params(model_or_config_or_name: Any = "sd15") -> ParamCount:
     return ParamCount(title, ordered, _block_types(model))
 
 
-_FLOW = ["conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block", "up_blocks", "conv_norm_out", "conv_out"]
+_FLOW = ["conv_in", "time_embedding", "add_embedding", "controlnet_cond_embedding", "down_blocks", "mid_block",
+         "controlnet_down_blocks", "controlnet_mid_block", "up_blocks", "conv_norm_out", "conv_out"]
 
 
 def _flow_order(part: str) -> tuple[int, int]:
@@ -161,6 +176,56 @@ def _flow_order(part: str) -> tuple[int, int]:
     head, _, index = part.partition(".")
     rank = _FLOW.index(head) if head in _FLOW else len(_FLOW)
     return rank, int(index) if index.isdigit() else 0
+
+
+# ---- ControlNet, T2I-Adapter, IP-Adapter: what steering the UNet costs -----------------------------
+def meta_controlnet(config_or_name: Any) -> nn.Module:
+    """``ControlNet(config)`` (RGB control image) built on the meta device."""
+    from unetlab.sd.controlnet import ControlNet
+
+    config = resolve_config(config_or_name)
+    with torch.device("meta"):
+        return ControlNet(config)
+
+
+class AdapterCount(Table):
+    """Parameters of ControlNet, T2I-Adapter and IP-Adapter for one UNet, with the UNet's own for scale."""
+
+    def __init__(self, name: str, unet: int, counts: "OrderedDict[str, tuple[str, int]]"):
+        self.unet = unet
+        self.counts = OrderedDict((method, n) for method, (_, n) in counts.items())
+        rows = [(method, enters, n, n / unet) for method, (enters, n) in counts.items()]
+        super().__init__(
+            title=f"{name}: parameters added to steer the UNet ({unet:,} parameters, frozen)",
+            columns=["method", "enters the UNet at", "params", "vs UNet"],
+            rows=rows,
+            formats={"params": ",", "vs UNet": ".1%"},
+        )
+
+
+def adapter_params(name: Any = "sd15") -> AdapterCount:
+    """ControlNet, T2I-Adapter (full, RGB) and IP-Adapter (4 image tokens, CLIP ViT-H width 1024) for ``name``.
+
+    The T2I-Adapter row is the full adapter shaped like the UNet's down blocks (``T2IAdapter.for_unet``); the
+    released SDXL adapters use diffusers' ``full_adapter_xl`` layout instead, and SDXL's IP-Adapter a wider
+    image encoder, so for SDXL those two rows are the same recipe applied, not the released files' counts.
+    """
+    from unetlab.sd.ip_adapter import ip_adapter_params
+    from unetlab.sd.t2i_adapter import T2IAdapter
+
+    config = resolve_config(name)
+    unet = meta_unet(config)
+    n_unet = sum(p.numel() for p in unet.parameters())
+    # conv_in's skip + one per ResNet + one per downsampler (12 for SD 1.5)
+    n_skips = 1 + len(config.block_out_channels) * config.layers_per_block + len(config.block_out_channels) - 1
+    counts: OrderedDict[str, tuple[str, int]] = OrderedDict()
+    counts["ControlNet"] = (f"{n_skips} skips + mid block", sum(p.numel() for p in meta_controlnet(config).parameters()))
+    with torch.device("meta"):
+        t2i = T2IAdapter.for_unet(config)
+    counts["T2I-Adapter"] = (f"inside {len(config.block_out_channels)} down blocks", sum(p.numel() for p in t2i.parameters()))
+    n_cross = sum(1 for n, _ in unet.named_modules() if n.endswith("attn2"))
+    counts["IP-Adapter"] = (f"{n_cross} cross-attentions", ip_adapter_params(unet))
+    return AdapterCount(config.name, n_unet, counts)
 
 
 # ---- the whole SD model: text encoder(s), VAE, UNet ------------------------------------------
@@ -259,6 +324,9 @@ def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--components", action="store_true", help="also count the text encoder(s) and the VAE (sd15, sd21, sdxl)"
     )
+    parser.add_argument(
+        "--adapters", action="store_true", help="also count ControlNet, T2I-Adapter and IP-Adapter for this UNet"
+    )
 
 
 def cli_run(args: argparse.Namespace) -> int:
@@ -266,4 +334,7 @@ def cli_run(args: argparse.Namespace) -> int:
     if args.components:
         print()
         print(component_params(args.model))
+    if getattr(args, "adapters", False):
+        print()
+        print(adapter_params(args.model))
     return 0
