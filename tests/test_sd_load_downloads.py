@@ -568,3 +568,8 @@ def test_single_file_without_unet_says_what_it_is(tmp_path):
             "out_channels", "up_block_types", "center_input_sample", "sample_size")})
     with pytest.raises(CheckpointError, match="(?s)no UNet in it.*a ControlNet"):
         infer_unet_config(controlnet.state_dict())
+    # infer_config still reads a ControlNet's context width (unetlab.sd.controlnet relies on it)
+    with torch.device("meta"):
+        controlnet = ControlNetModel(cross_attention_dim=768, block_out_channels=(32, 64, 64, 64),
+                                     norm_num_groups=8, attention_head_dim=4)
+    assert infer_config(controlnet.state_dict()) == "sd15"

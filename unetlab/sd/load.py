@@ -176,8 +176,13 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> str:
     inpainting or a distilled model gets its family's name. Prefer :func:`infer_unet_config`,
     which reads the whole architecture.
     """
-    weights = select_unet_weights(state_dict, None, warn=False) if not isinstance(state_dict, UNetWeights) else state_dict
-    dims = {tuple(v.shape)[1] for k, v in weights.tensors.items() if k.endswith("attn2.to_k.weight") and v.ndim == 2}
+    tensors = state_dict.tensors if isinstance(state_dict, UNetWeights) else state_dict
+    # any key: a ControlNet's state dict (unetlab.sd.controlnet) is read here too
+    dims = {tuple(v.shape)[1] for k, v in tensors.items() if k.endswith("attn2.to_k.weight") and v.ndim == 2}
+    if not dims and any(k.startswith("model_ema.diffusion_model") for k in tensors):
+        # only the EMA copy, whose names lost their dots
+        ema = select_unet_weights(tensors, True).tensors
+        dims = {tuple(v.shape)[1] for k, v in ema.items() if k.endswith("attn2.to_k.weight") and v.ndim == 2}
     if len(dims) != 1:
         raise CheckpointError(
             "cannot infer the UNet architecture: expected cross-attention weights (…attn2.to_k.weight) "
