@@ -28,6 +28,13 @@ API
     for the rule and its limits.
 ``unet_facts(state_dict) -> dict``
     Only what the tensors determine (the fields a user-given config must agree with).
+``config_disagreements(config, facts) -> list[str]``
+    One line per field of a ``UNetConfig`` that the tensors contradict ("the checkpoint's
+    conv_in takes 9 channels (4 latent + 1 mask + 4 masked image: an inpainting model); config
+    says 4 (in_channels)"); empty when they agree. The pipeline loader can test a base
+    pipeline's config against a single file this way without reading the file twice.
+``describe_contents(keys) -> str``
+    What a checkpoint without a UNet holds (VAE, text encoder, ControlNet, LoRA …), for errors.
 ``IN_CHANNEL_MEANINGS``
     ``conv_in`` width -> what the channels are (4, 5, 7, 8, 9).
 """
@@ -59,6 +66,8 @@ __all__ = [
     "infer_unet_config",
     "infer_prediction_type",
     "unet_facts",
+    "config_disagreements",
+    "describe_contents",
     "IN_CHANNEL_MEANINGS",
     "PREDICTION_TYPES",
 ]
