@@ -22,8 +22,9 @@ API
       SD 1.x / 2.x / XL …) unless ``config=`` names it (``"sd15"``, a :class:`unetlab.UNetConfig`,
       a config.json dict); a ``config=`` that the tensors contradict is refused with every
       disagreement named (e.g. ``in_channels``: "the checkpoint's conv_in takes 9 channels …").
-      A ``.safetensors`` file is read lazily: only the chosen UNet copy's tensors leave the disk
-      (a pickle is read whole). A ``diffusion_pytorch_model*`` file given directly uses the
+      From a ``.safetensors`` file only the chosen UNet copy's tensors are taken (the file is
+      memory-mapped, so the rest costs no memory); a pickle is read whole. A
+      ``diffusion_pytorch_model*`` file given directly uses the
       ``config.json`` beside it;
     * a Hugging Face hub id (``"stable-diffusion-v1-5/stable-diffusion-v1-5"``) or one of the
       short names ``"sd15"``, ``"sd21"``, ``"sdxl"``: taken from the local Hugging Face cache
@@ -398,7 +399,7 @@ def _load_diffusers_folder(folder: Path, config, device, dtype, variant, ema):
 
 # ---- original single files ------------------------------------------------------------------
 def _load_single_file(path: Path, config, device, dtype, ema):
-    # .safetensors: only the chosen UNet's tensors are read; a pickle has to be read whole
+    # .safetensors: only the chosen UNet's tensors are looked up; a pickle has to be read whole
     raw = LazySafetensors(path) if path.suffix == ".safetensors" else read_state_dict(path)
     # stacklevel 4: the EMA warning points at the caller of load_sd_unet
     weights = select_unet_weights(raw, ema, origin=str(path), stacklevel=4)
