@@ -219,6 +219,29 @@ def test_infer_unet_config_exactly(config):
     assert {k: tuple(v.shape) for k, v in theirs.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+@pytest.mark.parametrize(
+    "config,model_type",
+    [
+        (SD1_WIDE, "v1"),
+        (SD2_WIDE, "v2"),
+        (SD1_WIDE.replace(in_channels=9), "inpainting"),
+        (SD2_WIDE.replace(in_channels=9), "inpainting_v2"),
+    ],
+)
+def test_family_rules_follow_diffusers_model_types(config, model_type):
+    """The family read here is diffusers' model type, and sample_size is its default image size / 8."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_DEFAULT_IMAGE_SIZE_MAP, infer_diffusers_model_type
+
+    with torch.device("meta"):
+        ldm = _ldm(SDUNet(config))
+    assert infer_diffusers_model_type(ldm) == model_type
+    inferred = infer_unet_config(ldm)
+    assert inferred.sample_size == DIFFUSERS_TO_LDM_DEFAULT_IMAGE_SIZE_MAP[model_type] // 8
+    # heads: SD 1.x 8 per block (LDM num_heads: 8), SD 2.x 64 channels per head (num_head_channels: 64)
+    assert inferred.head_dims == (tuple(c // 8 for c in config.block_out_channels) if model_type in ("v1", "inpainting")
+                                  else (64,) * len(config.block_out_channels))
+
+
 def test_infer_unet_config_on_full_size_presets():
     """The real SD 1.5 / 2.1 / XL shapes (meta tensors: free) give the presets back, by name."""
     for name in ("sd15", "sd21", "sdxl"):
