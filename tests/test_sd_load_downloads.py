@@ -308,6 +308,17 @@ def test_weights_file_given_directly_uses_its_config_json(tiny_diffusers, tmp_pa
         load_sd_unet(tmp_path / "unet" / "diffusion_pytorch_model.safetensors", variant="fp16")
 
 
+def test_depth_of_levels_without_attention_is_not_a_disagreement():
+    """diffusers' SDXL refiner config says 4 transformer layers for every level, attention or not."""
+    from unetlab.sd.infer import config_disagreements, unet_facts
+
+    refiner_like = XL_WIDE.replace(transformer_layers_per_block=(1, 2, 3))
+    facts = unet_facts(_ldm(_random_unet(refiner_like)))
+    assert config_disagreements(refiner_like.replace(transformer_layers_per_block=(7, 2, 3)), facts) == []
+    lines = config_disagreements(refiner_like.replace(transformer_layers_per_block=(1, 2, 4)), facts)
+    assert len(lines) == 1 and "transformer_layers_per_block=(1, 2, 3)" in lines[0]
+
+
 def test_sd2_and_xl_files_load_without_config(tmp_path):
     for config in (SD2_WIDE, XL_WIDE):
         model = _random_unet(config)

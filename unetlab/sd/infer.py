@@ -526,9 +526,17 @@ def config_disagreements(config: UNetConfig, facts: dict) -> list[str]:
             f"config says {config.cross_attention_dim} (cross_attention_dim: 768 SD 1.x, 1024 SD 2.x, 2048 SDXL)"
         )
     for name in ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
-                 "transformer_layers_per_block", "addition_embed_type"):
+                 "addition_embed_type"):
         if getattr(config, name) != facts[name]:
             lines.append(f"the checkpoint has {name}={facts[name]!r}; config says {getattr(config, name)!r}")
+    # transformer depth exists only where there is attention: the cross-attention levels, and the
+    # mid block (which uses the last entry); the entry of a level without attention means nothing
+    depth, want = config.transformer_layers_per_block, facts["transformer_layers_per_block"]
+    if len(depth) == len(want):
+        used = [i for i, t in enumerate(facts["down_block_types"]) if t == "CrossAttnDownBlock2D"] + [len(want) - 1]
+        if any(depth[i] != want[i] for i in set(used)):
+            lines.append(f"the checkpoint has transformer_layers_per_block={want!r} (counting only levels with "
+                         f"attention and the mid block); config says {depth!r}")
     if facts["addition_embed_type"] and config.addition_embed_type == facts["addition_embed_type"]:
         if config.projection_class_embeddings_input_dim != facts["projection_class_embeddings_input_dim"]:
             lines.append(
