@@ -581,6 +581,20 @@ def test_download_asks_for_the_variant(tiny_diffusers, tmp_path, monkeypatch):
 
 
 # ---- bad input: a single file with no UNet -------------------------------------------------------
+def test_folder_without_config_says_what_is_there(tiny_diffusers, tmp_path):
+    """A folder with weights but no config.json, or with a single file in it: the error points at the file."""
+    tiny_diffusers.save_pretrained(tmp_path / "unet")
+    (tmp_path / "unet" / "config.json").unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        load_sd_unet(tmp_path / "unet")
+    message = str(info.value)
+    assert "diffusion_pytorch_model.safetensors is there without its config.json: pass the file itself" in message
+    (tmp_path / "downloads").mkdir()
+    save_file({"x": torch.zeros(1)}, tmp_path / "downloads" / "v1-5-pruned-emaonly.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"(?s)In .*downloads: v1-5-pruned-emaonly.safetensors.*load by their path"):
+        load_sd_unet(tmp_path / "downloads")
+
+
 def test_single_file_without_unet_says_what_it_is(tmp_path):
     save_file({"first_stage_model.encoder.conv_in.weight": torch.zeros(2),
                "cond_stage_model.transformer.text_model.x": torch.zeros(2)}, tmp_path / "vae_clip.safetensors")

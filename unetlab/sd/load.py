@@ -636,7 +636,26 @@ def load_sd_unet(
     for folder in candidates:
         if (folder / CONFIG_NAME).is_file():
             return _load_diffusers_folder(folder, config, device, dtype, variant, ema)
-    raise FileNotFoundError(
+    raise FileNotFoundError(_not_a_model_folder(path, candidates, subfolder))
+
+
+def _not_a_model_folder(path: Path, candidates: list[Path], subfolder: str | None) -> str:
+    """What is in a folder that is neither a model folder nor a pipeline folder, and what to pass."""
+    lines = [
         f"{path}: expected a diffusers UNet folder ({CONFIG_NAME} + {WEIGHTS_NAME}.safetensors) "
-        f"or a pipeline folder with {subfolder or 'unet'}/{CONFIG_NAME}; found neither.\n" + _how_to_get()
-    )
+        f"or a pipeline folder with {subfolder or 'unet'}/{CONFIG_NAME}; found neither."
+    ]
+    for folder in candidates:
+        if not folder.is_dir():
+            continue
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+        lines.append(f"In {folder}: " + (", ".join(names[:20]) + (" …" if len(names) > 20 else "") if names else "nothing"))
+        weights = [folder / f for files in _variants_in_folder(folder).values() for f in files if "index" not in f]
+        if weights and len(weights) == 1:
+            lines.append(f"{weights[0].name} is there without its {CONFIG_NAME}: pass the file itself, "
+                         f"load_sd_unet({str(weights[0])!r}), to read the architecture from its tensors.")
+        singles = [f for f in names if f.endswith(SINGLE_FILE_SUFFIXES) and not f.startswith(WEIGHTS_NAME)]
+        if singles:
+            lines.append(f"Single-file checkpoints here ({', '.join(singles[:3])}) load by their path: "
+                         f"load_sd_unet({str(folder / singles[0])!r}).")
+    return "\n".join(lines) + "\n" + _how_to_get()
