@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 
 from unetlab import note003
-from unetlab.homework import Feedback, check_layer_shapes, check_param_shares, check_unet_shapes
-from unetlab.homework.ch01 import PARTS, SHAPE_POINTS, has_skip_connections, layer_shape_truth, param_share_truth
+from unetlab.homework import Feedback, check_own_trace, check_param_scaling, check_unet_shapes
+from unetlab.homework.ch01 import (PARTS, SCALING_TARGET, SCALING_WIDTHS, has_skip_connections, own_trace_truth,
+                                   param_counts, param_polynomial)
 from unetlab.simple_unet import DownBlock, ResBlock, SimpleUNet, TimeEmbedding, UpBlock
 
 
@@ -182,116 +183,6 @@ def test_shape_failure_stops_before_the_other_checks():
     assert [c.what_en for c in feedback.checks] == ["build the model", "output shape for input (2, 4, 32, 32)", "remaining checks"]
 
 
-# --- check_layer_shapes ---------------------------------------------------------------------------
-def test_layer_shapes_truth_and_reference():
-    truth = layer_shape_truth()
-    assert set(truth) == set(SHAPE_POINTS)
-    assert truth["up1.res input"] == (2, 192, 32, 32) and truth["out output"] == (2, 4, 64, 64)
-    assert check_layer_shapes(truth).passed
-    assert check_layer_shapes({k: torch.Size(v) for k, v in truth.items()}).passed
-    assert check_layer_shapes({k: list(v) for k, v in truth.items()}).passed
-
-
-def test_layer_shapes_seed_concat_mistake():
-    answer = dict(layer_shape_truth())
-    answer["up1.res input"] = (2, 128, 32, 32)
-    feedback = check_layer_shapes(answer)
-    assert [c.what_en for c in feedback.failed()] == ["up1.res input"]
-    assert "channels add up" in failed_text(feedback)
-
-
-@pytest.mark.parametrize(
-    "answer,hint",
-    [
-        (None, "keys of SHAPE_POINTS"),
-        ([(2, 256)], "keys of SHAPE_POINTS"),
-        ({}, "exactly those of SHAPE_POINTS"),
-        ({p: None for p in SHAPE_POINTS}, "Replace each None"),
-        ({p: "2x256" for p in SHAPE_POINTS}, "tuple of ints"),
-        ({**{p: (1,) for p in SHAPE_POINTS}, "time_embed output": (2, 64)}, "4 × 64"),
-    ],
-)
-def test_layer_shapes_wrong_answers(answer, hint):
-    feedback = check_layer_shapes(answer)
-    assert not feedback.passed and hint in failed_text(feedback)
-
-
-def test_layer_shapes_unanswered_points_are_one_check():
-    answer = {**layer_shape_truth(), "up1 output": None, "out output": None}
-    feedback = check_layer_shapes(answer)
-    assert [c.what_en for c in feedback.failed()] == ["predictions not filled in"]
-    assert "['up1 output', 'out output']" in failed_text(feedback)
-
-
-def test_layer_shapes_extra_key():
-    answer = {**layer_shape_truth(), "mid output": (2, 128, 16, 16)}
-    feedback = check_layer_shapes(answer)
-    assert [c.what_en for c in feedback.failed()] == ["a prediction for every point"]
-    assert "mid output" in failed_text(feedback)
-
-
-# --- check_param_shares ---------------------------------------------------------------------------
-def reference_shares(model):
-    total = sum(p.numel() for p in model.parameters())
-    return {name: sum(p.numel() for p in child.parameters()) / total for name, child in model.named_children()}
-
-
-def test_param_shares_reference_passes():
-    answer = reference_shares(SimpleUNet())
-    assert set(answer) == set(PARTS)
-    assert check_param_shares(answer).passed
-    assert check_param_shares({k: round(v, 3) for k, v in answer.items()}).passed
-    assert check_param_shares({k: torch.tensor(v) for k, v in answer.items()}).passed
-    assert param_share_truth() == pytest.approx(answer)
-
-
-def test_param_shares_other_configs():
-    assert check_param_shares(reference_shares(SimpleUNet(base_channels=32, use_skips=False)), base_channels=32, use_skips=False).passed
-    # shares barely depend on the width (convolutions grow as C²), but skips do matter
-    assert not check_param_shares(reference_shares(SimpleUNet(base_channels=32)), base_channels=32, use_skips=False).passed
-
-
-def counts(model):
-    return {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
-
-
-def seed_up1_shares():
-    model = SimpleUNet()
-    model.up1 = UpBlock(128, 64, 256, skip_channels=64)  # the seed's ResBlock(64 * 2, 64)
-    return reference_shares(model)
-
-
-@pytest.mark.parametrize(
-    "answer,failed,hint",
-    [
-        (lambda: counts(SimpleUNet()), "the shares sum to 1", "divide by the total"),
-        (lambda: {k: 100 * v for k, v in reference_shares(SimpleUNet()).items()}, "the shares sum to 1", "divide by 100"),
-        (lambda: {k: 0.5 for k in PARTS}, "the shares sum to 1", "add up to 1"),
-        (seed_up1_shares, "each part's share", "64 + 128 = 192"),
-        (lambda: reference_shares(SimpleUNet(use_skips=False)), "each part's share", "use_skips=False"),
-        (lambda: {**reference_shares(SimpleUNet()), "down1": 0.0, "down2": 0.35374}, "each part's share", "p.numel()"),
-        (lambda: {"encoder": 0.5, "decoder": 0.5}, "every part is there", "named_children"),
-        (lambda: {k: "0.1" for k in PARTS}, "the shares are numbers", "fraction"),
-        (lambda: {k: float("nan") for k in PARTS}, "the shares are numbers", "fraction"),
-        (lambda: [0.1] * 7, "the answer is a dict", "share"),
-        (lambda: None, "the answer is a dict", "share"),
-    ],
-)
-def test_param_shares_wrong_answers(answer, failed, hint):
-    feedback = check_param_shares(answer())
-    assert not feedback.passed
-    assert failed in [c.what_en for c in feedback.failed()], str(feedback)
-    assert hint in failed_text(feedback), str(feedback)
-
-
-def test_missing_part_reported_without_crash():
-    answer = reference_shares(SimpleUNet())
-    del answer["out"]
-    feedback = check_param_shares(answer)
-    assert [c.what_en for c in feedback.failed()] == ["every part is there"]
-    assert "out" in failed_text(feedback)
-
-
 class Weird:
     """An object that breaks whatever touches it."""
 
@@ -300,24 +191,20 @@ class Weird:
 
 
 WEIRD_ANSWERS = [None, 0, 1.5, "text", b"bytes", [], (), {}, {None: None}, Weird(), torch.zeros(3), nn.Linear(2, 2),
-                 {k: Weird() for k in PARTS}, {k: [1, 2] for k in SHAPE_POINTS}, {k: torch.zeros(2) for k in PARTS}]
+                 {k: Weird() for k in PARTS}, {k: [1, 2] for k in PARTS}, {k: torch.zeros(2) for k in PARTS},
+                 {"quadratic": Weird(), "at_128": {k: "x" for k in PARTS}}]
 
 
-@pytest.mark.parametrize("checker", [check_unet_shapes, check_layer_shapes, check_param_shares])
+CHECKERS = [check_unet_shapes, lambda answer: check_own_trace(SimpleUNet, answer), lambda answer: check_own_trace(answer, {}),
+            check_param_scaling]
+
+
+@pytest.mark.parametrize("checker", CHECKERS)
 def test_checkers_never_raise_on_wrong_answers(checker):
     for answer in WEIRD_ANSWERS:
         feedback = checker(answer)
-        assert isinstance(feedback, Feedback) and not feedback.passed, (checker.__name__, answer)
+        assert isinstance(feedback, Feedback) and not feedback.passed, answer
         str(feedback)
-
-
-def test_numpy_answers_are_accepted():
-    np = pytest.importorskip("numpy")
-    truth = layer_shape_truth()
-    assert check_layer_shapes({k: tuple(np.int64(v) for v in shape) for k, shape in truth.items()}).passed
-    shares = param_share_truth()
-    assert check_param_shares({k: np.float64(v) for k, v in shares.items()}).passed
-    assert check_param_shares({k: np.array(v) for k, v in shares.items()}).passed
 
 
 def test_safety_net_turns_internal_errors_into_feedback(monkeypatch):
@@ -326,7 +213,129 @@ def test_safety_net_turns_internal_errors_into_feedback(monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("surprise")
 
-    monkeypatch.setattr(ch01, "layer_shape_truth", broken)
-    feedback = ch01.check_layer_shapes({})
+    monkeypatch.setattr(ch01, "param_polynomial", broken)
+    feedback = ch01.check_param_scaling({"quadratic": {k: 1 for k in PARTS}, "at_128": {k: 1 for k in PARTS}})
     assert not feedback.passed and feedback.failed()[0].what_en == "error while checking your answer"
     assert "KeyError" in feedback.failed()[0].detail_en
+
+
+# --- check_own_trace ------------------------------------------------------------------------------
+def by_hand(c=16, b=2, h=64):
+    """The learner's predictions for SimpleUNet(base_channels=c), worked out by hand (not traced)."""
+    return {"time_embed": (b, 4 * c), "down1": (b, c, h // 2, h // 2), "down2": (b, 2 * c, h // 4, h // 4),
+            "bottleneck": (b, 2 * c, h // 4, h // 4), "up1": (b, c, h // 2, h // 2), "up2": (b, c, h, h), "out": (b, 4, h, h)}
+
+
+def test_own_trace_reference_answers_pass():
+    assert check_own_trace(SimpleUNet, by_hand()).passed
+    # a deeper path and an input point may be added; lists and torch.Size are shapes too
+    extra = {**by_hand(), "up1.res input": (2, 16 + 32, 32, 32), "down1.res": [2, 16, 64, 64], "out": torch.Size((2, 4, 64, 64))}
+    fb = check_own_trace(SimpleUNet, extra)
+    assert fb.passed, str(fb)
+    # another architecture: three downsamplings; its parts are its own names
+    c = 16
+    three = {"time_embed": (2, 64), "down1": (2, c, 32, 32), "down2": (2, 2 * c, 16, 16), "down3": (2, 2 * c, 8, 8),
+             "mid": (2, 2 * c, 8, 8), "up1": (2, 2 * c, 16, 16), "up2": (2, c, 32, 32), "up3": (2, c, 64, 64), "out": (2, 4, 64, 64)}
+    fb = check_own_trace(ThreeLevelUNet, three)
+    assert fb.passed, str(fb)
+    # the truth is the trace of the learner's model, not a table
+    truth = own_trace_truth(ThreeLevelUNet())
+    assert {p: truth[p][0] for p in three} == three
+
+
+def test_own_trace_stub_and_untouched_unet_are_not_attempted():
+    class Stub(nn.Module):
+        def __init__(self, in_channels=4, out_channels=4, base_channels=16):
+            super().__init__()
+
+        def forward(self, x, timestep):
+            raise NotImplementedError
+
+    for model, answer in ((Stub, {}), (Stub, by_hand()), (SimpleUNet, {}), (SimpleUNet, {p: None for p in PARTS})):
+        fb = check_own_trace(model, answer)
+        assert fb.status == "not attempted", str(fb)
+
+
+@pytest.mark.parametrize("change, hint", [
+    (dict(down1=(2, 16, 64, 64)), "you gave output number 2"),            # the down block's skip, not its h
+    (dict(up1=(16, 32, 32)), "batch dimension is missing"),
+    (dict(bottleneck=(2, 32, 8, 8)), "too many halvings"),
+    (dict(up2=(2, 16, 128, 128)), "too few halvings"),
+    (dict(down2=(2, 128, 16, 16)), "base_channels=16, not 64"),         # predicted for base_channels=64
+    (dict(up1=(2, 48, 32, 32)), "a block outputs its own out_channels"),  # the concatenated width instead
+    (dict(out=(2, 16, 64, 64)), "input shape, not its output"),
+])
+def test_own_trace_typical_mistakes_get_their_diagnosis(change, hint):
+    fb = check_own_trace(SimpleUNet, {**by_hand(), **change})
+    assert fb.status == "failed" and len(fb.failed()) == 1, str(fb)
+    assert hint in fb.failed()[0].hint_en, str(fb)
+
+
+def test_own_trace_missing_and_unknown_parts_are_named():
+    answer = by_hand()
+    del answer["up2"]
+    answer["decoder"] = (2, 4, 64, 64)
+    fb = check_own_trace(SimpleUNet, answer)
+    assert not fb.passed and "missing ['up2']" in fb.failed()[0].detail_en and "decoder" in fb.failed()[0].detail_en
+
+
+def test_own_trace_broken_model_names_the_failing_layer():
+    group_norm = nn.GroupNorm
+    with mock.patch.object(nn, "GroupNorm", lambda g, c: group_norm(math.gcd(g, c), c)):
+        note_model = note003.SimpleUNet(in_channels=4, out_channels=4, base_channels=16)
+    fb = check_own_trace(note_model, by_hand())
+    assert fb.status == "failed" and "up1" in fb.failed()[0].detail_en, str(fb)
+
+
+# --- check_param_scaling --------------------------------------------------------------------------
+def fitted_by_hand():
+    """The learner's way: count at three widths, solve the 3x3 system with torch, predict 128."""
+    widths = torch.tensor(SCALING_WIDTHS, dtype=torch.float64)
+    system = torch.stack([widths ** 2, widths, torch.ones(3, dtype=torch.float64)], dim=1)
+    counts = {}
+    for c in SCALING_WIDTHS:
+        model = SimpleUNet(base_channels=c)
+        counts[c] = {name: sum(p.numel() for p in part.parameters()) for name, part in model.named_children()}
+    quadratic, at_128 = {}, {}
+    for part in PARTS:
+        a, b, c = torch.linalg.solve(system, torch.tensor([counts[w][part] for w in SCALING_WIDTHS], dtype=torch.float64))
+        quadratic[part] = round(a.item())
+        at_128[part] = round((a * 128 ** 2 + b * 128 + c).item())
+    return {"quadratic": quadratic, "at_128": at_128}, counts
+
+
+def test_param_scaling_reference_passes_and_is_the_real_count():
+    answer, counts = fitted_by_hand()
+    fb = check_param_scaling(answer)
+    assert fb.passed, str(fb)
+    # the truth is counted from a model, and the quadratic really is one: check against a real build at 128
+    real = SimpleUNet(base_channels=SCALING_TARGET)
+    assert answer["at_128"] == {n: sum(p.numel() for p in part.parameters()) for n, part in real.named_children()}
+    assert answer["quadratic"]["out"] == 0 and all(param_polynomial()[p][0] == answer["quadratic"][p] for p in PARTS)
+    assert param_counts(32) == counts[32]
+
+
+def test_param_scaling_stub_is_not_attempted():
+    fb = check_param_scaling({"quadratic": {p: None for p in PARTS}, "at_128": {p: None for p in PARTS}})
+    assert fb.status == "not attempted"
+
+
+@pytest.mark.parametrize("make, what, hint", [
+    (lambda r, n: {**r, "at_128": {p: n[32][p] * 16 for p in PARTS}}, "counts at C = 128", "multiplied every part by (128/32)² = 16"),
+    (lambda r, n: {**r, "at_128": {p: n[64][p] * 4 for p in PARTS}}, "counts at C = 128", "multiplied every part by (128/32)² = 16"),
+    (lambda r, n: {**r, "at_128": {p: n[32][p] * 4 for p in PARTS}}, "counts at C = 128", "scaled linearly"),
+    (lambda r, n: {**r, "at_128": {p: r["quadratic"][p] * 128 ** 2 for p in PARTS}}, "counts at C = 128", "dropped b·C + c"),
+    (lambda r, n: {**r, "quadratic": {p: n[64][p] / 64 ** 2 for p in PARTS}}, "coefficient a", "divided the counts at C = 64 by C²"),
+])
+def test_param_scaling_typical_mistakes_get_their_diagnosis(make, what, hint):
+    right, counts = fitted_by_hand()
+    fb = check_param_scaling(make(right, counts))
+    assert fb.status == "failed" and len(fb.failed()) == 1 and what in fb.failed()[0].what_en, str(fb)
+    assert hint in fb.failed()[0].hint_en, str(fb)
+
+
+def test_param_scaling_numpy_numbers_are_accepted():
+    np = pytest.importorskip("numpy")
+    right, _ = fitted_by_hand()
+    answer = {key: {p: np.int64(v) for p, v in inner.items()} for key, inner in right.items()}
+    assert check_param_scaling(answer).passed

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from unetlab.embeddings import sinusoidal_embedding
-from unetlab.homework import check_embedding, check_pattern_answers, check_similarity_matrix
-from unetlab.homework.ch04 import PATTERN_STATEMENTS, _pattern_truths
+from unetlab.homework import check_embedding, check_gap_prediction, check_similarity_matrix, check_smooth_embedding
+from unetlab.homework.ch04 import GAP, SMOOTH_SPEC, gap_similarity
 
 
 def sd_embedding(t, dim):
@@ -110,52 +110,127 @@ def test_similarity_checker_never_raises(sim, timesteps, dim):
     str(fb)
 
 
-# ---------- exercise 4.3: the pattern ----------
-
-def test_truths_are_computed_and_as_taught():
-    truths = {k: v[0] for k, v in _pattern_truths().items()}
-    assert set(truths) == set(PATTERN_STATEMENTS)
-    assert truths == {
-        "same_norm": True, "depends_on_gap": True, "neighbours_close": True, "monotonic": False,
-        "ends_orthogonal": False, "low_index_fast": True, "same_as_seed003": False,
-    }
-
-
-def test_truths_follow_the_embedding():
-    # with a tiny width the slow dimensions are gone and the statements change with it
-    small = {k: v[0] for k, v in _pattern_truths(dim=4, num_timesteps=1000).items()}
-    assert small["neighbours_close"] is False  # sim(t, t+1) = (cos 1 + cos 0.01) / 2 < 0.9
-    assert small["same_norm"] and small["depends_on_gap"]
-
-
-def test_pattern_answers():
-    right = {k: v[0] for k, v in _pattern_truths().items()}
-    assert check_pattern_answers(right).passed
-    wrong = dict(right, monotonic=True)
-    fb = check_pattern_answers(wrong)
-    assert [c.what_en.split("]")[0] for c in fb.failed()] == ["[monotonic"]
-    assert "rises again" in fb.failed()[0].detail_en
-    blank = check_pattern_answers({k: None for k in PATTERN_STATEMENTS})
-    assert len(blank.failed()) == len(PATTERN_STATEMENTS)
-    assert all("not answered" in c.detail_en for c in blank.failed())
-    # the blank answer gives no verdict away
-    assert not any("holds" in c.detail_en for c in blank.checks)
-    # a string or 1/0 is not a bool: say so, without giving the verdict away
-    quoted = check_pattern_answers(dict(right, same_norm="True", monotonic=0))
-    assert [c.what_en.split("]")[0] for c in quoted.failed()] == ["[same_norm", "[monotonic"]
-    assert all("must be True or False" in c.detail_en and "holds" not in c.detail_en for c in quoted.failed())
-    # answers computed with torch or numpy are bools too
-    import numpy as np
-    computed = dict(right, same_norm=torch.tensor(right["same_norm"]), monotonic=np.bool_(right["monotonic"]))
-    assert check_pattern_answers(computed).passed
-    unknown = check_pattern_answers(dict(right, typo=True))
-    assert not unknown.passed and "unknown keys" in unknown.checks[0].detail_en
-    assert not check_pattern_answers(["same_norm"]).passed
-
-
 def test_distance_matrix_of_the_exercise_gets_the_distance_hint():
     # the notebook's 40 timesteps: cdist's zero diagonal carries ~1e-3 of round-off
     ts = torch.arange(0, 1000, 25)
     e = sd_embedding(ts, 64)
     fb = check_similarity_matrix(torch.cdist(e, e), ts, dim=64)
     assert "looks like a distance" in " ".join(c.hint_en for c in fb.failed())
+
+
+# ---------- exercises 4.3 and 4.4: the learner's own embedding ----------
+
+def own_variant(t, dim, longest=1000.0):
+    """A learner's own variant: SD's layout, geometric frequencies with a longest period of ~1000 instead of 10000."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(longest) * torch.arange(half, dtype=torch.float64) / half)
+    angles = t.double()[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+def predicted_by_hand(dim=64, gap=GAP, longest=1000.0):
+    """The prediction from the frequencies alone: mean_i cos(w_i gap), no embedding computed."""
+    half = dim // 2
+    return sum(math.cos(math.exp(-math.log(longest) * i / half) * gap) for i in range(half)) / half
+
+
+def measured_by_hand(fn, dim=64, gap=GAP):
+    e = torch.nn.functional.normalize(fn(torch.arange(1000), dim).double(), dim=1)
+    return float((e[:-gap] * e[gap:]).sum(dim=1).mean())
+
+
+def test_gap_prediction_reference_passes_and_the_formula_is_exact():
+    predicted, measured = predicted_by_hand(), measured_by_hand(own_variant)
+    assert abs(predicted - measured) < 1e-6
+    fb = check_gap_prediction(own_variant, predicted, measured)
+    assert fb.passed, str(fb)
+    # a float32 tensor answer is fine too
+    assert check_gap_prediction(own_variant, torch.tensor(predicted), torch.tensor(measured, dtype=torch.float32)).passed
+
+
+def test_gap_prediction_stub_is_not_attempted():
+    def stub(t, dim):
+        raise NotImplementedError
+
+    fb = check_gap_prediction(stub, None, None)
+    assert fb.status == "not attempted", str(fb)
+    # numbers filled in but the function not written: an attempt, told what is missing
+    fb = check_gap_prediction(stub, 0.5, 0.5)
+    assert fb.status == "failed" and "NotImplementedError" in fb.failed()[0].detail_en
+
+
+@pytest.mark.parametrize("answer, which, hint", [
+    # SD's own embedding: not the learner's variant
+    (lambda: (sd_embedding, 0.7, 0.7), "own variant", "Change the frequencies"),
+    # the raw dot product, not normalised
+    (lambda: (own_variant, predicted_by_hand(), float((own_variant(torch.arange(1000), 64)[:-GAP] * own_variant(torch.arange(1000), 64)[GAP:]).sum(1).mean())),
+     "measured", "raw dot product"),
+    # measured at gap 1
+    (lambda: (own_variant, predicted_by_hand(), measured_by_hand(own_variant, gap=1)), "measured", "value at gap 1"),
+    # predicted with SD's frequencies (10000) instead of the learner's
+    (lambda: (own_variant, predicted_by_hand(longest=10000.0), measured_by_hand(own_variant)), "prediction", "SD's frequencies"),
+    # predicted from the fastest frequency only
+    (lambda: (own_variant, math.cos(GAP), measured_by_hand(own_variant)), "prediction", "fastest frequency only"),
+    # predicted at the wrong gap
+    (lambda: (own_variant, predicted_by_hand(gap=1), measured_by_hand(own_variant)), "prediction", "value at gap 1"),
+])
+def test_gap_prediction_typical_mistakes_get_their_diagnosis(answer, which, hint):
+    fb = check_gap_prediction(*answer())
+    assert fb.status == "failed" and len(fb.failed()) == 1 and which in fb.failed()[0].what_en, str(fb)
+    assert hint in fb.failed()[0].hint_en, str(fb)
+
+
+def test_gap_prediction_recomputes_the_learner_variant():
+    # the checker's value follows the function it is given, not a stored number
+    slow = lambda t, dim: own_variant(t, dim, longest=5000.0)
+    assert abs(gap_similarity(slow(torch.arange(1000), 64), GAP) - predicted_by_hand(longest=5000.0)) < 1e-6
+    assert not check_gap_prediction(slow, predicted_by_hand(), measured_by_hand(own_variant)).passed
+
+
+def smooth(t, dim):
+    """A design that meets the spec: geometric frequencies from 0.06 rad/step (period ~105) down to 0.004."""
+    half = dim // 2
+    freqs = torch.exp(torch.linspace(math.log(0.06), math.log(0.004), half, dtype=torch.float64))
+    angles = t.double()[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+def test_smooth_embedding_reference_passes_and_sd_fails_the_near_half():
+    fb = check_smooth_embedding(smooth)
+    assert fb.passed, str(fb)
+    fb = check_smooth_embedding(sd_embedding)
+    assert [c.what_en for c in fb.failed()] == [f"mean similarity {GAP} steps apart ≥ {SMOOTH_SPEC['near']}"]
+    assert "turn too fast" in fb.failed()[0].hint_en
+
+
+def test_smooth_embedding_stub_is_not_attempted():
+    def stub(t, dim):
+        raise NotImplementedError
+
+    assert check_smooth_embedding(stub).status == "not attempted"
+
+
+@pytest.mark.parametrize("fn, hint", [
+    # every frequency very slow: distant timesteps look alike
+    (lambda t, dim: own_variant(t, dim, longest=1e6) * 0 + torch.cat([torch.cos(t.double()[:, None] * 1e-4 * torch.ones(dim // 2)),
+                                                                   torch.sin(t.double()[:, None] * 1e-4 * torch.ones(dim // 2))], 1),
+     "too slow"),
+    # one frequency with a period of 250 steps: t and t + 250 coincide
+    (lambda t, dim: torch.cat([torch.cos(t.double()[:, None] * 2 * math.pi / 250 * torch.ones(dim // 2)),
+                               torch.sin(t.double()[:, None] * 2 * math.pi / 250 * torch.ones(dim // 2))], 1),
+     "whole turns"),
+])
+def test_smooth_embedding_typical_mistakes_get_their_diagnosis(fn, hint):
+    fb = check_smooth_embedding(fn)
+    assert fb.status == "failed" and len(fb.failed()) == 1 and "pair" in fb.failed()[0].what_en, str(fb)
+    assert hint in fb.failed()[0].hint_en, str(fb)
+
+
+@pytest.mark.parametrize("checker", [lambda fn: check_gap_prediction(fn, 0.5, 0.5), check_smooth_embedding])
+@pytest.mark.parametrize("fn", [None, 3, "abc", lambda t, dim: None, lambda t, dim: torch.zeros(len(t), dim),
+                                lambda t, dim: torch.full((len(t), dim), float("nan")), lambda t, dim: torch.ones(3),
+                                lambda t, dim: 1 / 0])
+def test_own_embedding_checkers_never_raise(checker, fn):
+    fb = checker(fn)
+    assert not fb.passed
+    str(fb)

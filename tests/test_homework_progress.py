@@ -8,13 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from unetlab.homework import check_ddim_step, check_guidance, check_param_shares, progress
+from unetlab.homework import check_ddim_step, check_guidance, check_smooth_embedding, progress
 from unetlab.homework import records
-from unetlab.homework.ch01 import param_share_truth
 from unetlab.homework.ch06 import reference_guidance
 from unetlab.homework.exercises import CHAPTERS, EXERCISES, exercise
 from unetlab.homework.feedback import Check, Feedback
 from unetlab.homework.records import ENV_VAR, FORMAT, read_records, record_result
+
+
+def _smooth(t, dim):
+    """A correct answer to exercise 4.4: frequencies from 0.06 down to 0.004 rad/step."""
+    import math
+
+    import torch
+
+    w = torch.exp(torch.linspace(math.log(0.06), math.log(0.004), dim // 2, dtype=torch.float64))
+    return torch.cat([torch.cos(t.double()[:, None] * w), torch.sin(t.double()[:, None] * w)], dim=1)
 
 ROOT = Path(__file__).resolve().parent.parent
 STUB_GUIDANCE = lambda u, c, s: c  # noqa: E731  (the notebook's `return eps_text`)
@@ -53,8 +62,8 @@ def test_default_file_is_in_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.chdir(tmp_path)
     assert records.homework_file() == tmp_path / ".unetlab_homework.json"
-    check_param_shares(param_share_truth())
-    assert json.loads((tmp_path / ".unetlab_homework.json").read_text())["exercises"]["check_param_shares"]["status"] == "passed"
+    check_smooth_embedding(_smooth)
+    assert json.loads((tmp_path / ".unetlab_homework.json").read_text())["exercises"]["check_smooth_embedding"]["status"] == "passed"
 
 
 def test_recording_off_writes_nothing_and_says_nothing(tmp_path, monkeypatch):

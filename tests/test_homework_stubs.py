@@ -15,8 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from unetlab.homework import check_ddim_step, check_guidance, check_pattern_answers
-from unetlab.homework.ch04 import PATTERN_STATEMENTS, _pattern_truths
+from unetlab.homework import check_ddim_step, check_gap_prediction, check_guidance
 from unetlab.homework.ch06 import reference_ddim_step, reference_guidance
 from unetlab.homework.exercises import EXERCISES
 from unetlab.homework.feedback import NOT_ATTEMPTED
@@ -35,15 +34,20 @@ class MyUNet(nn.Module):
         # TODO
         raise NotImplementedError
 ''', "check_unet_shapes(MyUNet)"),
-    "check_layer_shapes": ("01_simple_unet.ipynb", '''
-from unetlab.homework import check_layer_shapes
-from unetlab.homework.ch01 import SHAPE_POINTS
+    "check_own_trace": ("01_simple_unet.ipynb", '''
+from unetlab.homework import check_own_trace
 
-predictions = {point: None for point in SHAPE_POINTS}  # TODO: e.g. predictions["time_embed output"] = (2, ...)
-''', "check_layer_shapes(predictions)"),
-    "check_param_shares": ("01_simple_unet.ipynb", '''
-shares = {}  # TODO
-''', "check_param_shares(shares)"),
+my_trace = {}  # TODO: {"time_embed": (2, ...), "down1": (2, ...), ...}, worked out by hand for x of shape (2, 4, 64, 64)
+''', "check_own_trace(MyUNet, my_trace)"),
+    "check_param_scaling": ("01_simple_unet.ipynb", '''
+from unetlab.homework import check_param_scaling
+from unetlab.homework.ch01 import PARTS
+
+scaling = {
+    "quadratic": {part: None for part in PARTS},  # TODO: the coefficient a of C² in each part's count
+    "at_128": {part: None for part in PARTS},     # TODO: each part's count at base_channels=128, predicted
+}
+''', "check_param_scaling(scaling)"),
     "check_component_shares": ("02_sd_unet.ipynb", '''
 shares = {"clip": None, "vae": None, "unet": None}  # TODO: fractions computed from components.counts
 ''', "check_component_shares(shares)"),
@@ -58,20 +62,24 @@ def skip_channels(config):
     # TODO: list the skips the down path saves (channels), then pop them for every up-block ResNet
     return []
 ''', "check_skip_channels(skip_channels)"),
-    "check_psnr_table": ("03_skip_connections.ipynb", '''
-from unetlab.homework.ch03 import HOMEWORK_TIMESTEPS, homework_images
+    "check_skip_ablation": ("03_skip_connections.ipynb", '''
+from unetlab.homework import check_skip_ablation
+from unetlab.homework.ch03 import ABLATION_TIMESTEPS, homework_images
 
-def my_psnr_table(models):
-    hw_x0 = homework_images()
-    hw_noise = fixed_noise(hw_x0.shape, 0)
-    table = {}
-    for name, model in models.items():
-        table[name] = {}
-        for t in HOMEWORK_TIMESTEPS:
-            # TODO: noise hw_x0 to step t, estimate the clean image, clamp it, compute the PSNR (range 2)
-            table[name][t] = None
-    return table
-''', "check_psnr_table(my_psnr_table(models))"),
+
+def my_replacement(skip):
+    # skip: (B, C, H, W) -> a tensor of the same shape
+    raise NotImplementedError
+
+ablation_table = {"up1": {t: None for t in ABLATION_TIMESTEPS}, "up2": {t: None for t in ABLATION_TIMESTEPS}}  # TODO: measure
+verdict = {t: None for t in ABLATION_TIMESTEPS}  # TODO: "up1" or "up2", the skip whose replacement costs more at t
+''', "check_skip_ablation(my_replacement, ablation_table, verdict, models=models)"),
+    "check_crossover": ("03_skip_connections.ipynb", '''
+from unetlab.homework import check_crossover
+from unetlab.homework.ch03 import mean_training_image
+
+crossing = {"skips": None, "noskips": None}  # TODO: for each model, a t where it wins at t - 1 and loses at t
+''', "check_crossover(crossing, models=models)"),
     "check_embedding": ("04_timestep_embedding.ipynb", '''
 def my_timestep_embedding(t, dim):
     # TODO: frequencies w_i = 10000 ** (-i / half), angles t * w_i, then [cos | sin]
@@ -81,9 +89,27 @@ def my_timestep_embedding(t, dim):
 hw_timesteps = torch.arange(0, 1000, 25)
 hw_sim = None  # TODO: (N, 64) embeddings -> unit length -> (N, N) matrix of dot products
 ''', "check_similarity_matrix(hw_sim, hw_timesteps, dim=64)"),
-    "check_pattern_answers": ("04_timestep_embedding.ipynb", '''
-answers = {key: None for key in PATTERN_STATEMENTS}  # TODO: True or False for each statement
-''', "check_pattern_answers(answers)"),
+    "check_gap_prediction": ("04_timestep_embedding.ipynb", '''
+from unetlab.homework import check_gap_prediction
+from unetlab.homework.ch04 import GAP, VARIANT_DIM
+
+
+def my_variant(t, dim):
+    # TODO: your own frequencies w (dim // 2 of them), then [cos(t w) | sin(t w)]
+    raise NotImplementedError
+
+
+predicted = None  # TODO: from your frequencies alone, before embedding anything
+measured = None   # TODO: mean over t = 0 ... 999 - GAP of cos(my_variant(t), my_variant(t + GAP)), dim = VARIANT_DIM
+''', "check_gap_prediction(my_variant, predicted, measured)"),
+    "check_smooth_embedding": ("04_timestep_embedding.ipynb", '''
+from unetlab.homework import check_smooth_embedding
+
+
+def smooth_embedding(t, dim):
+    # TODO: choose the frequencies so that both conditions hold
+    raise NotImplementedError
+''', "check_smooth_embedding(smooth_embedding)"),
     "check_self_attention": ("05_attention.ipynb", '''
 def self_attention(x, w_q, w_k, w_v):
     """x: (B, N, C); w_q, w_k: (C, d); w_v: (C, d_v) -> (out (B, N, d_v), weights (B, N, N))."""
@@ -114,10 +140,12 @@ def _namespace() -> dict:
     import unetlab.homework as homework
     from unetlab.schedule import fixed_noise
 
-    ns = {"torch": torch, "nn": nn, "fixed_noise": fixed_noise, "PATTERN_STATEMENTS": PATTERN_STATEMENTS,
+    ns = {"torch": torch, "nn": nn, "fixed_noise": fixed_noise,
           # chapter 3's stub reads only the names of the models, never calls them
           "models": {"skips": None, "noskips": None}}
     ns.update({name: getattr(homework, name) for name in EXERCISES})
+    # chapter 1's later exercises use the learner's MyUNet: still the untouched stub of 1.1
+    exec(compile(STUBS["check_unet_shapes"][1], "<stub of MyUNet>", "exec"), ns)
     return ns
 
 
@@ -169,26 +197,16 @@ def test_stubs_are_the_notebooks(name):
 
 
 def test_a_partly_filled_answer_is_an_attempt():
-    truths = {k: v[0] for k, v in _pattern_truths().items()}
-    partial = {key: None for key in PATTERN_STATEMENTS}
-    partial["same_norm"] = truths["same_norm"]
-    fb = check_pattern_answers(partial)
+    import math
+
+    def my_variant(t, dim):
+        w = torch.exp(-math.log(1000.0) * torch.arange(dim // 2) / (dim // 2))
+        return torch.cat([torch.cos(t[:, None] * w), torch.sin(t[:, None] * w)], dim=1)
+
+    # the function is written, the numbers not yet: an attempt, and the blanks are named
+    fb = check_gap_prediction(my_variant, None, None)
     assert fb.attempted and fb.status == "failed"
     assert sum(c.passed for c in fb.checks) == 1 and "❌" in str(fb)
-
-
-@pytest.mark.parametrize("statement, wrong, evidence", [
-    ("monotonic", True, "rises again"),
-    ("ends_orthogonal", True, "never reaches 0"),
-    ("same_as_seed003", True, "they differ by up to"),
-    ("neighbours_close", False, "the smallest sim(t, t+1)"),
-])
-def test_pattern_answers_typical_mistakes_get_the_evidence(statement, wrong, evidence):
-    answers = {k: v[0] for k, v in _pattern_truths().items()}
-    answers[statement] = wrong
-    fb = check_pattern_answers(answers)
-    assert fb.status == "failed" and [c.what_en.split("]")[0] for c in fb.failed()] == [f"[{statement}"]
-    assert evidence in fb.failed()[0].detail_en
 
 
 def _hints(fb) -> str:

@@ -9,13 +9,20 @@ never raising because of the learner's answer:
   ``(B, 4, H, W)`` and a ``(B,)`` timestep to ``(B, 4, H, W)`` for several batches and sizes;
   the timestep changes the output; the down path halves H and W at least twice; and it has
   skip connections (see :func:`has_skip_connections`).
-* ``check_layer_shapes(predictions)``: predicted shapes at named points (``SHAPE_POINTS``)
-  of ``SimpleUNet(base_channels=64)`` for ``x`` of shape ``(2, 4, 64, 64)``.
-* ``check_param_shares(answer)``: the share of ``SimpleUNet()``'s parameters in each of its
-  parts (``PARTS``): fractions that sum to 1.
+* ``check_own_trace(MyUNet, predictions)``: study note 003's "verify each layer's shapes" on
+  the learner's *own* UNet: before running it, the learner predicts the output shape of every
+  top-level part of their model for ``x`` of shape ``TRACE_INPUT``; the checker traces the model
+  and compares, part by part, with a diagnosis per wrong shape (batch dimension left out, a
+  block's other output such as its skip, one halving too many or too few, the input instead of
+  the output, a different ``base_channels``).
+* ``check_param_scaling(answer)``: each part's parameter count of ``SimpleUNet`` as a quadratic
+  ``a·C² + b·C + c`` in ``C = base_channels``: the learner counts at the widths of
+  ``SCALING_WIDTHS``, solves for ``a``, and predicts the counts at ``SCALING_TARGET`` without
+  building that model. Hints name pure ``C²`` scaling (×16 from 32), linear scaling, and
+  dividing a count by ``C²``.
 
 The truth is never typed in: shapes come from :func:`unetlab.trace_shapes` on the meta
-device, parameter counts from the model itself.
+device or from the learner's own model, parameter counts from the model itself.
 """
 from __future__ import annotations
 
@@ -36,104 +43,90 @@ from .stubs import is_blank
 
 __all__ = [
     "PARTS",
-    "SHAPE_POINTS",
-    "SHAPE_INPUT",
+    "TRACE_INPUT",
+    "SCALING_WIDTHS",
+    "SCALING_TARGET",
     "has_skip_connections",
-    "layer_shape_truth",
-    "param_share_truth",
+    "own_trace_truth",
+    "param_counts",
+    "param_polynomial",
     "check_unet_shapes",
-    "check_layer_shapes",
-    "check_param_shares",
+    "check_own_trace",
+    "check_param_scaling",
 ]
 
 #: the parts of SimpleUNet, as in ``model.named_children()``
 PARTS = ("time_embed", "down1", "down2", "bottleneck", "up1", "up2", "out")
 
-#: the shape of ``x`` in the shape-prediction exercise (timestep: shape (2,))
-SHAPE_INPUT = (2, 4, 64, 64)
+#: the shape of ``x`` the learner traces their own UNet with (timestep: shape (2,))
+TRACE_INPUT = (2, 4, 64, 64)
 
-#: points of ``SimpleUNet(base_channels=64)`` whose shape the learner predicts: "<module> output"
-#: is the module's output tensor, "<module> input" its first input tensor
-SHAPE_POINTS = (
-    "time_embed output",
-    "down1.res output",
-    "down1.down output",
-    "down2.res output",
-    "down2.down output",
-    "bottleneck output",
-    "up1.up output",
-    "up1.res input",
-    "up1 output",
-    "up2.res input",
-    "out output",
-)
+#: the widths (``base_channels``) the learner may build and count in exercise 1.3 ...
+SCALING_WIDTHS = (16, 32, 64)
+#: ... and the width whose counts they predict without building it
+SCALING_TARGET = 128
 
-_TOLERANCE = 0.005  # absolute tolerance on each parameter share
 
 # ---------------------------------------------------------------------------------------------
 # The truth
 # ---------------------------------------------------------------------------------------------
-def layer_shape_truth(base_channels: int = 64) -> dict[str, tuple[int, ...]]:
-    """The true shape at every point of ``SHAPE_POINTS``, traced on the meta device."""
-    return dict(_layer_shape_truth(base_channels))
-
-
-@lru_cache(maxsize=8)
-def _layer_shape_truth(base_channels: int) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        model = SimpleUNet(in_channels=4, out_channels=4, base_channels=base_channels)
-        x = torch.empty(*SHAPE_INPUT)
-        timestep = torch.zeros(SHAPE_INPUT[0], dtype=torch.long)
-    trace = trace_shapes(model, x, timestep, raise_errors=True)
-    truth = {}
-    for point in SHAPE_POINTS:
-        path, which = point.rsplit(" ", 1)
-        row = trace.find(path)[0]
-        truth[point] = (row.output_shapes if which == "output" else row.input_shapes)[0]
-    return truth
-
-
-def _shares(model: nn.Module, count=lambda p: p.numel()) -> dict[str, float]:
-    counts = {name: sum(count(p) for p in child.parameters()) for name, child in model.named_children()}
-    total = sum(counts.values())
-    return {name: n / total for name, n in counts.items()}
-
-
 def _meta_model(base_channels: int, use_skips: bool = True) -> SimpleUNet:
     with torch.device("meta"):
         return SimpleUNet(in_channels=4, out_channels=4, base_channels=base_channels, use_skips=use_skips)
 
 
-def param_share_truth(base_channels: int = 64, use_skips: bool = True) -> dict[str, float]:
-    """Share of ``SimpleUNet(base_channels=..., use_skips=...)``'s parameters in each part of ``PARTS``."""
-    return dict(_param_share_truth(base_channels, bool(use_skips)))
+def param_counts(base_channels: int) -> dict[str, int]:
+    """Parameters of each part of ``SimpleUNet(4, 4, base_channels)`` (built on the meta device): ``{part: count}``."""
+    return dict(_param_counts(int(base_channels)))
 
 
-@lru_cache(maxsize=8)
-def _param_share_truth(base_channels: int, use_skips: bool) -> dict[str, float]:
-    return _shares(_meta_model(base_channels, use_skips))
+@lru_cache(maxsize=16)
+def _param_counts(base_channels: int) -> tuple[tuple[str, int], ...]:
+    model = _meta_model(base_channels)
+    return tuple((name, sum(p.numel() for p in child.parameters())) for name, child in model.named_children())
 
 
-def _typical_wrong_shares(base_channels: int, use_skips: bool) -> list[tuple[dict[str, float], str, str]]:
-    """Shares that typical mistakes produce, each with the hint (zh, en) that explains it."""
-    wrong = []
-    # study note 003's up1: a ResBlock built for 2 * 64 = 128 input channels instead of 64 + 128
-    if use_skips:
-        seed_like = _meta_model(base_channels)
-        with torch.device("meta"):
-            c = base_channels
-            seed_like.up1 = UpBlock(2 * c, c, 4 * c, skip_channels=c)
-        wrong.append((_shares(seed_like),
-                      f"这是学习笔记 003 代码里 up1 的参数量（ResBlock 按 {2 * c} 个输入通道构建）；"
-                      f"修正后的 up1 要接收 {c} + {2 * c} = {3 * c} 个通道。",
-                      f"These are the shares with study note 003's up1 (a ResBlock built for {2 * c} input channels); the fixed "
-                      f"up1 receives {c} + {2 * c} = {3 * c} channels."))
-        wrong.append((param_share_truth(base_channels, use_skips=False),
-                      "这是没有跳跃连接的模型（use_skips=False）的占比；请用 SimpleUNet() 默认的 use_skips=True。",
-                      "These are the shares of the model without skip connections (use_skips=False); use "
-                      "SimpleUNet()'s default use_skips=True."))
-    return wrong
+def param_polynomial() -> dict[str, tuple[int, int, int]]:
+    """Each part's parameter count as ``a·C² + b·C + c`` in ``C = base_channels``: ``{part: (a, b, c)}``.
 
+    Solved exactly from the counts at the three widths of ``SCALING_WIDTHS`` (integer arithmetic,
+    Lagrange form) and verified at ``SCALING_TARGET``: every layer of SimpleUNet has
+    ``C_in·C_out·k² + C_out`` weights with ``C_in``, ``C_out`` each a multiple of C or fixed, so
+    every count is a quadratic in C. Raises ``RuntimeError`` if the check at the target fails.
+    """
+    c1, c2, c3 = SCALING_WIDTHS
+    counts = [param_counts(c) for c in SCALING_WIDTHS]
+    out = {}
+    for part in PARTS:
+        y1, y2, y3 = (n[part] for n in counts)
+        # divided differences: a = ((y3 - y2)/(c3 - c2) - (y2 - y1)/(c2 - c1)) / (c3 - c1)
+        d1, d2 = (y2 - y1) / (c2 - c1), (y3 - y2) / (c3 - c2)
+        a = (d2 - d1) / (c3 - c1)
+        b = d1 - a * (c1 + c2)
+        c = y1 - a * c1 * c1 - b * c1
+        a, b, c = round(a), round(b), round(c)
+        if a * SCALING_TARGET ** 2 + b * SCALING_TARGET + c != param_counts(SCALING_TARGET)[part]:
+            raise RuntimeError(f"{part}'s parameter count is not a quadratic in base_channels")
+        out[part] = (a, b, c)
+    return out
+
+
+def own_trace_truth(model: nn.Module) -> dict[str, tuple[tuple[int, ...], list[tuple[int, ...]], list[tuple[int, ...]]]]:
+    """What tracing ``model`` on a ``TRACE_INPUT`` batch (timesteps ``[10, 500]``) gives for every submodule.
+
+    ``{path: (first output shape, every output shape, every input shape)}``, first call of each
+    module; paths with no tensor output are left out. Raises what the model's forward raises.
+    """
+    x = torch.randn(*TRACE_INPUT, generator=torch.Generator().manual_seed(0))
+    timestep = torch.tensor([10, 500])
+    with torch.no_grad():
+        trace = trace_shapes(model, x, timestep, raise_errors=True)
+    truth = {}
+    for row in trace:
+        if row.path and row.path not in truth and row.output_shapes:
+            truth[row.path] = (tuple(row.output_shapes[0]), [tuple(s) for s in row.output_shapes],
+                               [tuple(s) for s in row.input_shapes])
+    return truth
 
 # ---------------------------------------------------------------------------------------------
 # Skip-connection test
@@ -373,126 +366,238 @@ def check_unet_shapes(model_or_class, base_channels: int = 16) -> Feedback:
     return fb
 
 
-# ---------------------------------------------------------------------------------------------
-# check_layer_shapes
-# ---------------------------------------------------------------------------------------------
-@exercise(1, "1.2", "逐层形状预测", "layer shape predictions")
-def check_layer_shapes(predictions) -> Feedback:
-    """Check predicted shapes at ``SHAPE_POINTS`` of ``SimpleUNet(base_channels=64)`` for ``x`` of shape ``(2, 4, 64, 64)``.
 
-    ``predictions``: a dict ``{point: shape}``, shapes as tuples of ints, e.g.
-    ``{"time_embed output": (2, 256), ...}``. Every point there with a blank value (the notebook's
-    stub ``{point: None for point in SHAPE_POINTS}``) is "not attempted yet".
+
+# ---------------------------------------------------------------------------------------------
+# check_own_trace
+# ---------------------------------------------------------------------------------------------
+def _top_parts(model: nn.Module, truth: dict) -> list[str]:
+    """The model's direct children that the forward pass called (in call order)."""
+    children = {name for name, _ in model.named_children()}
+    return [path for path in truth if path in children]
+
+
+def _diagnose_shape(path: str, got: tuple, want: tuple, outputs: list, inputs: list,
+                    base_channels: int) -> tuple[str, str]:
+    """A hint (zh, en) for a wrong predicted shape of ``path``."""
+    b = TRACE_INPUT[0]
+    if len(got) == len(want) - 1 and got == want[1:]:
+        return ("少了批维度：形状的第一个数是批大小 B = 2。", f"The batch dimension is missing: a shape starts with the batch size B = {b}.")
+    if got in outputs[1:]:
+        k = outputs.index(got)
+        return (f"{path} 返回 {len(outputs)} 个张量，你写的是第 {k + 1} 个（例如下采样块留给解码器的跳跃连接）；这里要第一个输出。",
+                f"{path} returns {len(outputs)} tensors and you gave output number {k + 1} (e.g. a down block's skip, kept "
+                "for the decoder); the exercise asks for the first output.")
+    if inputs and got == inputs[0] and got != want:
+        return ("这是该模块的输入形状，不是输出。", "That is the module's input shape, not its output.")
+    if len(got) == len(want) == 4 and got[:2] == want[:2] and got[2:] != want[2:] and want[2] and got[2]:
+        ratio = got[2] / want[2]
+        if ratio in (2.0, 4.0, 0.5, 0.25):
+            more = ratio < 1
+            return (f"通道对了，H、W 差了 {max(ratio, 1 / ratio):g} 倍：数一数到 {path} 为止经过了几次 stride=2 的下采样和几次上采样"
+                    f"（你{'多' if more else '少'}算了减半）。",
+                    f"The channels are right but H and W are off by {max(ratio, 1 / ratio):g}x: count the stride-2 "
+                    f"downsamplings and the upsamplings before {path} (you counted {'too many' if more else 'too few'} halvings).")
+    if len(got) == len(want) >= 2 and got[0] == want[0] and got[2:] == want[2:] and got[1] != want[1]:
+        if want[1] % base_channels == 0 and got[1] % 64 == 0 and got[1] // 64 == want[1] // base_channels:
+            return (f"检查器用 base_channels={base_channels} 构建你的模型，不是 64。",
+                    f"The checker builds your model with base_channels={base_channels}, not 64.")
+        return (f"H、W 对了，通道数不对：看 {path} 在你的 __init__ 里的 out_channels（base_channels = {base_channels}）；"
+                "跳跃连接拼接后通道数是两者之和，但块的输出通道是它自己的 out_channels。",
+                f"H and W are right, the channels are not: look up {path}'s out_channels in your __init__ (base_channels = "
+                f"{base_channels}); a concatenation adds up channels, but a block outputs its own out_channels.")
+    return ("从输入 (2, 4, 64, 64) 开始，沿你的 forward 一步一步推：stride=2 的卷积把 H、W 减半，转置卷积加倍，卷积的输出通道就是它的 out_channels。",
+            "Start from the input (2, 4, 64, 64) and follow your forward step by step: a stride-2 conv halves H and W, a "
+            "transposed conv doubles them, a conv outputs its out_channels.")
+
+
+@exercise(1, "1.2", "追踪你自己的 UNet", "trace your own UNet")
+def check_own_trace(model_or_class, predictions, base_channels: int = 16) -> Feedback:
+    """Check the learner's predicted shapes at every top-level part of their own UNet.
+
+    ``model_or_class``: the learner's UNet class (built as ``(in_channels=4, out_channels=4,
+    base_channels=base_channels)``), a factory, or an ``nn.Module``. ``predictions``: ``{path:
+    shape}`` with a tuple of ints per path, predicted for ``x`` of shape ``TRACE_INPUT`` and a
+    ``(2,)`` timestep. Every direct child the forward pass calls (``model.named_children()``)
+    must be there, shape = its *first* output (a down block returns ``(h, skip)``: ``h``); deeper
+    paths (``"down1.res"``) may be added. The truth is :func:`unetlab.trace_shapes` on the model.
+    "Not attempted yet": the model's forward still raises ``NotImplementedError``, or every
+    prediction is blank (the notebook's stub ``{}``).
     """
-    fb = Feedback("逐层形状预测", "layer shape predictions")
+    fb = Feedback("追踪你自己的 UNet", "trace your own UNet")
+    model, check = _build(model_or_class, base_channels)
+    if model is None:
+        fb.add(check)
+        return fb
+    was_training = model.training
+    model.eval()
+    try:
+        try:
+            truth = own_trace_truth(model)
+        except NotImplementedError as exc:
+            fb.add(Check("你的 UNet 能前向传播", "your UNet runs forward", False, describe_exception(exc), describe_exception(exc),
+                         "先完成练习 1.1：forward 里还是 raise NotImplementedError。",
+                         "Do exercise 1.1 first: forward still raises NotImplementedError.", stub=True))
+            return fb
+        except Exception as exc:
+            fb.add(_forward_failure(model, torch.randn(*TRACE_INPUT), torch.tensor([10, 500]), exc))
+            return fb
+    finally:
+        model.train(was_training)
+    parts = _top_parts(model, truth)
+    what_dict = ("答案是字典 {路径: 形状}", "the answer is a dict {path: shape}")
     if not isinstance(predictions, Mapping):
-        fb.add(Check("答案是字典", "the answer is a dict", False, f"收到 {type(predictions).__name__}。",
-                     f"got {type(predictions).__name__}.",
-                     "写成 {\"time_embed output\": (2, 256), ...}，键取自 SHAPE_POINTS。",
-                     "Write {\"time_embed output\": (2, 256), ...} with the keys of SHAPE_POINTS."))
+        fb.add(Check(*what_dict, False, f"收到 {type(predictions).__name__}。", f"got {type(predictions).__name__}.",
+                     "写成 {\"down1\": (2, 16, 32, 32), ...}，键是 model.named_children() 的名字。",
+                     "Write {\"down1\": (2, 16, 32, 32), ...}, keyed by the names of model.named_children()."))
         return fb
-    truth = layer_shape_truth()
-    keys = key_check(predictions, SHAPE_POINTS, ("每个位置都有预测", "a prediction for every point"),
-                     ("键必须与 SHAPE_POINTS 完全一致。", "The keys must be exactly those of SHAPE_POINTS."))
-    unanswered = [p for p in SHAPE_POINTS if p in predictions and predictions[p] is None]
-    if keys.passed and is_blank(predictions):
-        # the notebook's stub: every point there, none filled in
-        fb.add(Check("还没填的预测", "predictions not filled in", False, f"{len(SHAPE_POINTS)} 个都还是空的。",
-                     f"all {len(SHAPE_POINTS)} are still empty.", "把每个 None 换成一个整数元组，如 (2, 64, 32, 32)。",
-                     "Replace each None with a tuple of ints, e.g. (2, 64, 32, 32).", stub=True))
+    if is_blank(predictions):
+        fb.add(Check("每个部分都有预测", "a prediction for every part", False, "还是空的。", "still empty.",
+                     f"先别运行模型：在纸上沿 forward 推出每个部分的输出形状，填进字典。要预测的部分：{parts}",
+                     f"Do not run the model yet: follow your forward on paper and fill in each part's output shape. "
+                     f"The parts to predict: {parts}", stub=True))
         return fb
-    fb.add(keys)
-    if unanswered:
-        fb.add(Check("还没填的预测", "predictions not filled in", False, f"{len(unanswered)} 个：{unanswered}",
-                     f"{len(unanswered)}: {unanswered}", "把每个 None 换成一个整数元组，如 (2, 64, 32, 32)。",
-                     "Replace each None with a tuple of ints, e.g. (2, 64, 32, 32)."))
-    for point in SHAPE_POINTS:
-        if point not in predictions or predictions[point] is None:
+    missing = [p for p in parts if p not in predictions]
+    unknown = [str(p) for p in predictions if (str(p)[:-6] if str(p).endswith(" input") else p) not in truth]
+    if missing or unknown:
+        hint = (f"要预测的部分（按调用顺序）：{parts}；更深的路径（如 down1.res）也可以加。",
+                f"The parts to predict (in call order): {parts}; deeper paths (e.g. down1.res) may be added.")
+        fb.add(Check("每个部分都有预测", "a prediction for every part", False,
+                     (f"缺少 {missing}" if missing else "") + (f" 模型里没有 {unknown}" if unknown else ""),
+                     (f"missing {missing}" if missing else "") + (f" not in the model: {unknown}" if unknown else ""), *hint))
+    else:
+        fb.add(Check("每个部分都有预测", "a prediction for every part", True, f"{len(parts)} 个部分。", f"{len(parts)} parts."))
+    for point, value in predictions.items():
+        path = str(point)
+        use_input = path.endswith(" input")
+        if use_input:
+            path = path[:-6]
+        if path not in truth:
             continue
-        want = truth[point]
-        got = as_shape(predictions[point])
+        first, outputs, inputs = truth[path]
+        want = inputs[0] if use_input and inputs else first
         what = (f"{point}", f"{point}")
-        if got is None:
-            fb.add(Check(*what, False, f"不是整数元组：{predictions[point]!r}", f"not a tuple of ints: {predictions[point]!r}",
-                         "形状写成整数元组，如 (2, 64, 32, 32)。", "Write a shape as a tuple of ints, e.g. (2, 64, 32, 32)."))
+        got = as_shape(value)
+        if value is None:
+            fb.add(Check(*what, False, "还没填。", "not filled in.", "填一个整数元组，如 (2, 16, 32, 32)。",
+                         "Fill in a tuple of ints, e.g. (2, 16, 32, 32)."))
+        elif got is None:
+            fb.add(Check(*what, False, f"不是整数元组：{value!r}", f"not a tuple of ints: {value!r}",
+                         "形状写成整数元组，如 (2, 16, 32, 32)。", "Write a shape as a tuple of ints, e.g. (2, 16, 32, 32)."))
         elif got == want:
-            fb.add(Check(*what, True))
+            fb.add(Check(*what, True, f"{got}", f"{got}"))
         else:
-            hint = (f"从输入 {SHAPE_INPUT} 一层层推：stride=2 的卷积把 H、W 减半，ConvTranspose2d(4, stride=2, padding=1) 加倍。",
-                    f"Work layer by layer from {SHAPE_INPUT}: a stride-2 conv halves H and W, "
-                    "ConvTranspose2d(4, stride=2, padding=1) doubles them.")
-            if point.endswith("res input") and len(got) == 4 and len(want) == 4 and got[1] != want[1]:
-                hint = ("ResBlock 的输入是上采样结果与跳跃连接的拼接：通道数是两者之和（学习笔记 003 的代码在 up1 正是错在这里）。",
-                        "The ResBlock's input is the upsampled features concatenated with the skip: the channels add up "
-                        "(exactly what study note 003's up1 got wrong).")
-            elif point == "time_embed output":
-                hint = ("TimeEmbedding(64) 的 MLP 输出 4 × 64 维。", "TimeEmbedding(64)'s MLP outputs 4 × 64 features.")
-            fb.add(Check(*what, False, f"你的预测 {got}，不对。", f"your prediction {got} is not right.", *hint))
+            fb.add(Check(*what, False, f"你的预测 {got}，追踪得到的不是它。", f"your prediction {got} is not what the trace shows.",
+                         *_diagnose_shape(path, got, want, outputs if not use_input else [want], inputs if not use_input else [],
+                                          base_channels)))
     return fb
 
 
 # ---------------------------------------------------------------------------------------------
-# check_param_shares
+# check_param_scaling
 # ---------------------------------------------------------------------------------------------
-@exercise(1, "1.3", "参数量占比", "parameter shares")
-def check_param_shares(answer, base_channels: int = 64, use_skips: bool = True) -> Feedback:
-    """Check the share of ``SimpleUNet(base_channels=64)``'s parameters in each part.
-
-    ``answer``: a dict ``{part: fraction}`` with the keys of ``PARTS`` (``time_embed``, ``down1``,
-    ``down2``, ``bottleneck``, ``up1``, ``up2``, ``out``) and fractions that sum to 1.
-    Each share must be within 0.005 of the truth. A blank dict (the notebook's stub ``{}``, or
-    every value ``None``) is "not attempted yet".
-    """
-    fb = Feedback("参数量占比", "parameter shares")
-    if not isinstance(answer, Mapping):
-        fb.add(Check("答案是字典", "the answer is a dict", False, f"收到 {type(answer).__name__}。", f"got {type(answer).__name__}.",
-                     "写成 {\"time_embed\": 占比, \"down1\": 占比, ...}。", "Write {\"time_embed\": share, \"down1\": share, ...}."))
-        return fb
-    parts_hint = (f"部分的名字就是 model.named_children() 的名字：{list(PARTS)}。",
-                  f"The parts are the names in model.named_children(): {list(PARTS)}.")
-    if is_blank(answer):
-        # the notebook's stub: shares = {}
-        fb.add(Check("每个部分都有", "every part is there", False, "还是空的。", "still empty.",
-                     f"为每个部分填一个占比：{{\"time_embed\": 占比, ...}}；{parts_hint[0]}",
-                     f"Fill in one share per part: {{\"time_embed\": share, ...}}. {parts_hint[1]}", stub=True))
-        return fb
-    missing = [p for p in PARTS if p not in answer]
-    fb.add(key_check(answer, PARTS, ("每个部分都有", "every part is there"), parts_hint))
-    values = {k: as_number(answer[k]) for k in PARTS if k in answer}
+def _scaling_parse(answer, key: str) -> tuple[dict[str, float] | None, Check | None]:
+    what = (f"{key}：每个部分一个数", f"{key}: one number per part")
+    inner = answer.get(key) if isinstance(answer, Mapping) else None
+    if not isinstance(inner, Mapping):
+        return None, Check(*what, False, f"answer[{key!r}] 是 {type(inner).__name__}。", f"answer[{key!r}] is {type(inner).__name__}.",
+                           f"写成 {{{key!r}: {{\"time_embed\": ..., \"down1\": ..., ...}}}}，键是 {list(PARTS)}。",
+                           f"Write {{{key!r}: {{\"time_embed\": ..., \"down1\": ..., ...}}}} keyed by {list(PARTS)}.")
+    keys = key_check(inner, PARTS, what, (f"键是 model.named_children() 的名字：{list(PARTS)}。",
+                                          f"The keys are the names of model.named_children(): {list(PARTS)}."))
+    if not keys.passed:
+        return None, keys
+    values = {k: as_number(inner[k]) for k in PARTS}
     bad = [k for k, v in values.items() if v is None]
     if bad:
-        fb.add(Check("占比是数字", "the shares are numbers", False, f"这些不是数字：{bad}", f"not numbers: {bad}",
-                     "每个值是一个 0 到 1 之间的小数。", "Each value is a fraction between 0 and 1."))
+        return None, Check(*what, False, f"这些不是数字：{bad}", f"not numbers: {bad}",
+                           "每个值是一个数（整数），不要留 None。", "Each value is one number (an integer); do not leave None.")
+    return values, None
+
+
+@exercise(1, "1.3", "参数量随宽度怎样增长", "how the parameter count grows with width")
+def check_param_scaling(answer) -> Feedback:
+    """Check ``{"quadratic": {part: a}, "at_128": {part: count}}`` for ``SimpleUNet(4, 4, C)``.
+
+    ``quadratic``: the coefficient ``a`` of ``C²`` in each part's count ``a·C² + b·C + c``
+    (``C = base_channels``), exact (it is an integer). ``at_128``: each part's count at
+    ``base_channels = SCALING_TARGET``, exact. Parts: ``PARTS``. Both dicts blank (the notebook's
+    stub, every value ``None``) is "not attempted yet".
+    """
+    fb = Feedback("参数量随宽度怎样增长", "how the parameter count grows with width")
+    if not isinstance(answer, Mapping) or set(map(str, answer)) - {"quadratic", "at_128"}:
+        got = type(answer).__name__ if not isinstance(answer, Mapping) else sorted(map(str, answer))
+        fb.add(Check("答案的格式", "the answer's layout", False, f"收到 {got}。", f"got {got}.",
+                     "写成 {\"quadratic\": {部分: a}, \"at_128\": {部分: 参数量}}。",
+                     "Write {\"quadratic\": {part: a}, \"at_128\": {part: count}}."))
         return fb
-    if missing:
+    if is_blank(answer):
+        fb.add(Check("答案的格式", "the answer's layout", False, "每个值都还是空的。", "every value is still blank.",
+                     f"在 base_channels = {list(SCALING_WIDTHS)} 上数每个部分的参数量，解出 a·C² + b·C + c 的 a，"
+                     f"再用它（和 b、c）预测 C = {SCALING_TARGET} 的参数量。",
+                     f"Count each part at base_channels = {list(SCALING_WIDTHS)}, solve a·C² + b·C + c for a, then use it "
+                     f"(with b and c) to predict the counts at C = {SCALING_TARGET}.", stub=True))
         return fb
-    truth = param_share_truth(base_channels, use_skips)
-    total_params = sum(p.numel() for p in _meta_model(base_channels, use_skips).parameters())
-    total = sum(values.values())
-    sums_to_one = abs(total - 1) < 0.01
-    if sums_to_one:
-        fb.add(Check("占比之和为 1", "the shares sum to 1", True, f"和为 {total:.4f}。", f"they sum to {total:.4f}."))
+    poly = param_polynomial()
+    counts = {c: param_counts(c) for c in SCALING_WIDTHS}
+    target = param_counts(SCALING_TARGET)
+
+    quadratic, problem = _scaling_parse(answer, "quadratic")
+    if problem:
+        fb.add(problem)
     else:
-        hint = ("占比 = 该部分参数量 / 总参数量，所有部分加起来是 1。",
-                "share = the part's parameter count / the total count; all parts add up to 1.")
-        if abs(total - total_params) / total_params < 0.01:
-            hint = ("你给的是参数个数，不是占比：再除以总参数量。", "You gave counts, not shares: divide by the total count.")
-        elif abs(total - 100) < 1:
-            hint = ("你给的是百分数：再除以 100。", "You gave percentages: divide by 100.")
-        fb.add(Check("占比之和为 1", "the shares sum to 1", False, f"和为 {total:.4g}。", f"they sum to {total:.4g}.", *hint))
+        off = [k for k in PARTS if abs(quadratic[k] - poly[k][0]) > 1e-6]
+        if not off:
+            shown = ", ".join(f"{k}: {poly[k][0]}" for k in PARTS)
+            fb.add(Check("C² 的系数 a", "the coefficient a of C²", True, shown, shown))
+        else:
+            k = off[0]
+            hint = (f"用三个宽度的参数量列三个方程 a·C² + b·C + c = 参数量，解出 a（例如用差分：先算 (n(32) − n(16))/16 和 "
+                    "(n(64) − n(32))/32，再相减除以 48）。",
+                    "Write three equations a·C² + b·C + c = count, one per width, and solve for a (e.g. with differences: "
+                    "(n(32) − n(16))/16 and (n(64) − n(32))/32, then their difference divided by 48).")
+            for c in SCALING_WIDTHS:
+                if all(abs(quadratic[p] - counts[c][p] / c ** 2) < 1e-3 * max(1.0, counts[c][p] / c ** 2) for p in PARTS):
+                    hint = (f"你把 C = {c} 的参数量直接除以了 C²：这把 b·C 和 c 也算进了 a。偏置、组归一化和输入/输出通道固定的卷积是 C 的一次项。",
+                            f"You divided the counts at C = {c} by C²: that folds b·C and c into a. Biases, group norms and "
+                            "the convs with a fixed number of input or output channels grow only linearly in C.")
+                    break
+            detail = ", ".join(f"{p}: {quadratic[p]:g}" for p in off)
+            fb.add(Check("C² 的系数 a", "the coefficient a of C²", False, f"这些不对：{detail}", f"these are off: {detail}", *hint))
+
+    at_128, problem = _scaling_parse(answer, "at_128")
+    if problem:
+        fb.add(problem)
         return fb
-    off = [k for k in PARTS if abs(values[k] - truth[k]) > _TOLERANCE]
+    off = [k for k in PARTS if at_128[k] != target[k]]
     if not off:
-        fb.add(Check("每个部分的占比", "each part's share", True, f"全部在 ±{_TOLERANCE} 以内。", f"all within ±{_TOLERANCE}."))
+        ratio = sum(target.values()) / sum(counts[32].values())
+        fb.add(Check(f"C = {SCALING_TARGET} 的参数量", f"the counts at C = {SCALING_TARGET}", True,
+                     f"总数 {sum(target.values()):,}，是 C = 32 的 {ratio:.2f} 倍（不是正好 16：一次项只涨 4 倍；out 只涨 {target['out'] / counts[32]['out']:.2f} 倍）。",
+                     f"total {sum(target.values()):,}, {ratio:.2f}x the count at C = 32 (not exactly 16: the linear terms only "
+                     f"grow 4x; out grows {target['out'] / counts[32]['out']:.2f}x)."))
         return fb
-    hint = ("用 sum(p.numel() for p in model.up1.parameters()) 数一个部分，再除以 sum(p.numel() for p in model.parameters())。",
-            "Count a part with sum(p.numel() for p in model.up1.parameters()) and divide by "
-            "sum(p.numel() for p in model.parameters()).")
-    for shares, hint_zh, hint_en in _typical_wrong_shares(base_channels, use_skips):
-        if all(abs(values[k] - shares[k]) <= _TOLERANCE for k in PARTS):
-            hint = (hint_zh, hint_en)
-            break
-    detail = ", ".join(f"{k}={values[k]:.3f}" for k in off)
-    fb.add(Check("每个部分的占比", "each part's share", False, f"这些部分不对（误差超过 {_TOLERANCE}）：{detail}",
-                 f"these parts are off by more than {_TOLERANCE}: {detail}", *hint))
+    scale = SCALING_TARGET / 32
+    hint = (f"n({SCALING_TARGET}) = a·{SCALING_TARGET}² + b·{SCALING_TARGET} + c：先从三个宽度解出每个部分的 a、b、c。",
+            f"n({SCALING_TARGET}) = a·{SCALING_TARGET}² + b·{SCALING_TARGET} + c: solve each part's a, b and c from the three widths first.")
+    guesses = {
+        "pure_quadratic": ({p: counts[32][p] * scale ** 2 for p in PARTS}, {p: counts[64][p] * 4 for p in PARTS}),
+        "linear": ({p: counts[32][p] * scale for p in PARTS}, {p: counts[64][p] * 2 for p in PARTS}),
+        "only_a": ({p: poly[p][0] * SCALING_TARGET ** 2 for p in PARTS},),
+    }
+    if any(all(abs(at_128[p] - g[p]) <= 0.5 for p in PARTS) for g in guesses["pure_quadratic"]):
+        hint = ("你把每个部分都乘了 (128/32)² = 16：只有 C² 项是这样涨的。偏置、组归一化、以及输入或输出通道固定的卷积（如 out：C → 4）"
+                "只随 C 线性增长，所以真实的比值略小于 16，out 只有约 4。",
+                "You multiplied every part by (128/32)² = 16: only the C² term grows like that. Biases, group norms and convs "
+                "with a fixed number of input or output channels (e.g. out: C → 4) grow linearly in C, so the true ratio is a "
+                "little below 16, and about 4 for out.")
+    elif any(all(abs(at_128[p] - g[p]) <= 0.5 for p in PARTS) for g in guesses["linear"]):
+        hint = ("你按线性增长算了（×4）：一个卷积的权重数是 C_in × C_out × k²，输入和输出通道都随 C 变宽，所以主要项是 C²。",
+                "You scaled linearly (×4): a conv has C_in × C_out × k² weights and both C_in and C_out grow with C, so the "
+                "leading term is C².")
+    elif all(abs(at_128[p] - guesses["only_a"][0][p]) <= 0.5 for p in PARTS):
+        hint = ("你只用了 a·C²，丢了 b·C + c。", "You kept only a·C² and dropped b·C + c.")
+    detail = ", ".join(f"{p}: {at_128[p]:,.0f}" for p in off)
+    fb.add(Check(f"C = {SCALING_TARGET} 的参数量", f"the counts at C = {SCALING_TARGET}", False,
+                 f"这些不对：{detail}", f"these are off: {detail}", *hint))
     return fb

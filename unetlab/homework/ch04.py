@@ -7,9 +7,13 @@ timesteps and describe the pattern", made checkable).
 * :func:`check_similarity_matrix` — the learner's cosine-similarity matrix between the
   embeddings of given timesteps; hints for a raw dot product, a dims x dims matrix, distances,
   the wrong formula variant.
-* :func:`check_pattern_answers` — True/False answers to the statements in
-  :data:`PATTERN_STATEMENTS`; the truth of each statement is computed live from the embedding,
-  not stored.
+* :func:`check_gap_prediction` — the learner's *own* embedding variant (their frequencies): they
+  predict the mean cosine similarity of timesteps ``GAP`` steps apart from the frequencies alone
+  (``mean_i cos(w_i·GAP)``), then measure it; both are compared with a recomputation, with hints
+  for a raw dot product, the wrong gap, SD's frequencies instead of theirs, one frequency only.
+* :func:`check_smooth_embedding` — an embedding designed to a specification (:data:`SMOOTH_SPEC`):
+  neighbours ``GAP`` steps apart alike, timesteps far apart told apart; the hints say which
+  frequencies break which half of it.
 
 The reference is :func:`unetlab.embeddings.sinusoidal_embedding` with SD's settings
 (``flip_sin_to_cos=True``, ``downscale_freq_shift=0``). Every checker returns a
@@ -17,17 +21,19 @@ The reference is :func:`unetlab.embeddings.sinusoidal_embedding` with SD's setti
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
 from ..embeddings import sinusoidal_embedding
-from .answers import as_bool, function_check
+from .answers import as_number, function_check
 from .exercises import exercise
 from .feedback import Check, Feedback, describe_exception, run_checks, run_gated
 from .stubs import is_blank
 
-__all__ = ["check_embedding", "check_similarity_matrix", "check_pattern_answers", "PATTERN_STATEMENTS"]
+__all__ = ["check_embedding", "check_similarity_matrix", "check_gap_prediction", "check_smooth_embedding",
+           "gap_similarity", "GAP", "VARIANT_DIM", "SMOOTH_SPEC"]
 
 # t values and dims the embedding checker tries: t = 0 (all cos = 1), small t (fast dims move),
 # large t (slow dims move) and a fractional t; 320 is SD 1.x/2.x's width, 256 SDXL's add_time_proj
@@ -345,173 +351,199 @@ def check_similarity_matrix(sim, timesteps, dim: int = 320) -> Feedback:
     return run_gated(*title, gates=[is_square_tensor], rest=[diagonal_is_one, symmetric, matches_reference])
 
 
-# statement key -> (中文, English); whether each holds is computed by _pattern_truths, not stored
-PATTERN_STATEMENTS: dict[str, tuple[str, str]] = {
-    "same_norm": (
-        "每个时间步的嵌入向量长度都相同。",
-        "Every timestep's embedding vector has the same length.",
-    ),
-    "depends_on_gap": (
-        "两个时间步的相似度只取决于它们的差 |t1 − t2|，与 t1 本身无关。",
-        "The similarity of two timesteps depends only on their gap |t1 − t2|, not on t1 itself.",
-    ),
-    "neighbours_close": (
-        "相邻时间步（t 和 t+1）的余弦相似度高于 0.9。",
-        "Neighbouring timesteps (t and t+1) have cosine similarity above 0.9.",
-    ),
-    "monotonic": (
-        "相似度随 |t1 − t2| 增大而单调下降。",
-        "Similarity decreases monotonically as |t1 − t2| grows.",
-    ),
-    "ends_orthogonal": (
-        "t=0 和 t=999 的嵌入几乎正交（|余弦相似度| < 0.05）。",
-        "The embeddings of t=0 and t=999 are almost orthogonal (|cosine similarity| < 0.05).",
-    ),
-    "low_index_fast": (
-        "在 cos 半和 sin 半里，靠前的维度随 t 变化得比靠后的维度快。",
-        "Within the cos half and the sin half, low-index dimensions change faster with t than high-index ones.",
-    ),
-    "same_as_seed003": (
-        "SD 的嵌入与学习笔记 003 的嵌入对每个 t 都相同。",
-        "SD's embedding and study note 003's embedding are the same for every t.",
-    ),
-}
+# ---------------------------------------------------------------------------------------------
+# 4.3 and 4.4: the learner's own embedding
+# ---------------------------------------------------------------------------------------------
+#: the gap (in steps) of exercises 4.3 and 4.4
+GAP = 5
+#: the embedding width of the learner's variant
+VARIANT_DIM = 64
+#: exercise 4.4: mean similarity at ``GAP`` at least ``near``; every pair at least ``far_gap``
+#: steps apart (t = 0 … 999) at most ``far``
+SMOOTH_SPEC = {"near": 0.95, "far_gap": 200, "far": 0.5}
+_ALL_T = torch.arange(1000)
 
 
-def _pattern_truths(dim: int = 320, num_timesteps: int = 1000) -> dict[str, tuple[bool, str, str]]:
-    """Whether each statement holds for SD's embedding on t = 0 … num_timesteps−1, with the evidence."""
-    t = torch.arange(num_timesteps)
-    emb = _sd(t, dim)
-    half = dim // 2
-    sim = _cosine_similarity(emb)
-    out = {}
-
-    norms = emb.norm(dim=1)
-    spread = float(norms.max() - norms.min())
-    out["same_norm"] = (
-        spread < 1e-3,
-        f"长度在 {norms.min():.4f} 到 {norms.max():.4f} 之间（√{half} = {half ** 0.5:.4f}）。",
-        f"lengths range from {norms.min():.4f} to {norms.max():.4f} (√{half} = {half ** 0.5:.4f}).",
-    )
-
-    # along every diagonal (fixed gap) the similarity is the same: Toeplitz matrix
-    gaps = range(1, num_timesteps, 37)
-    worst = max(float(sim.diagonal(g).max() - sim.diagonal(g).min()) for g in gaps)
-    # printed as a bound, not the float32 round-off itself, so the text is the same on every CPU
-    if worst < 1e-4:
-        evidence = ("同一条对角线（相同的差）上，相似度的差别小于 1e-4。",
-                    "along each diagonal (same gap) the similarity varies by less than 1e-4.")
-    else:
-        evidence = (f"同一条对角线上，相似度最多相差 {worst:.3f}。", f"along one diagonal the similarity varies by {worst:.3f}.")
-    out["depends_on_gap"] = (worst < 1e-3, *evidence)
-
-    neighbours = sim.diagonal(1)
-    out["neighbours_close"] = (
-        bool((neighbours > 0.9).all()),
-        f"sim(t, t+1) 的最小值是 {neighbours.min():.4f}。",
-        f"the smallest sim(t, t+1) is {neighbours.min():.4f}.",
-    )
-
-    profile = sim[0]
-    rises = (profile[1:] > profile[:-1] + 1e-5).nonzero().flatten()
-    low = int(profile.argmin())
-    if low < num_timesteps - 1 and float(profile[-1] - profile[low]) > 1e-3:
-        evidence = (
-            f"sim(0, {low}) = {profile[low]:.4f} 是最低点，而 sim(0, {num_timesteps - 1}) = {profile[-1]:.4f}：相似度又回升了。",
-            f"sim(0, {low}) = {profile[low]:.4f} is the lowest, yet sim(0, {num_timesteps - 1}) = {profile[-1]:.4f}: it rises again.",
-        )
-    elif len(rises):
-        g = int(rises[0]) + 1
-        evidence = (
-            f"sim(0, {g - 1}) = {profile[g - 1]:.4f}，但 sim(0, {g}) = {profile[g]:.4f}：相似度回升了。",
-            f"sim(0, {g - 1}) = {profile[g - 1]:.4f} but sim(0, {g}) = {profile[g]:.4f}: it rises again.",
-        )
-    else:
-        evidence = ("相似度从不回升。", "the similarity never rises.")
-    out["monotonic"] = (len(rises) == 0, *evidence)
-
-    end = float(sim[0, -1])
-    out["ends_orthogonal"] = (
-        abs(end) < 0.05,
-        f"sim(0, {num_timesteps - 1}) = {end:.4f}：周期远长于 {num_timesteps} 步的维度几乎不动，所以相似度到不了 0。",
-        f"sim(0, {num_timesteps - 1}) = {end:.4f}: dimensions with periods far longer than {num_timesteps} steps barely move, so it never reaches 0.",
-    )
-
-    # mean |e(t+1) - e(t)| per column; compare the first and last quarter of each half
-    speed = (emb[1:] - emb[:-1]).abs().mean(dim=0)
-    q = max(half // 4, 1)
-    fast = float(torch.cat([speed[:q], speed[half:half + q]]).mean())
-    slow = float(torch.cat([speed[half - q:half], speed[dim - q:dim]]).mean())
-    out["low_index_fast"] = (
-        fast > slow,
-        f"每步平均变化：每半靠前 1/4 的维度 {fast:.3f}，靠后 1/4 的维度 {slow:.1e}。",
-        f"mean change per step: first quarter of each half {fast:.3f}, last quarter {slow:.1e}.",
-    )
-
-    seed = sinusoidal_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=1)
-    diff = float((seed - emb).abs().max())
-    out["same_as_seed003"] = (
-        diff < 1e-4,
-        f"两者最大相差 {diff:.4f}。",
-        f"they differ by up to {diff:.4f}.",
-    )
-    return out
+def gap_similarity(emb: torch.Tensor, gap: int) -> float:
+    """Mean cosine similarity of rows ``gap`` apart: ``mean_t cos(emb[t], emb[t + gap])`` for ``emb`` (T, dim)."""
+    # (T, dim) unit rows; sum over dim of products of rows gap apart -> (T - gap,)
+    unit = torch.nn.functional.normalize(emb.double(), dim=1)
+    return float((unit[:-gap] * unit[gap:]).sum(dim=1).mean())
 
 
-@exercise(4, "4.3", "练习 4.3：描述嵌入随时间步变化的规律", "Exercise 4.3: describe how the embedding changes with t")
-def check_pattern_answers(answers) -> Feedback:
-    """Check True/False answers ``{key: bool}`` to :data:`PATTERN_STATEMENTS`.
+def _learner_embedding(fn, dim: int):
+    """(emb (1000, dim) float64, None) or (None, Check) for t = 0 … 999; NotImplementedError -> a stub check."""
+    if not callable(fn):
+        return None, function_check(fn, "check_gap_prediction(my_variant, ...)")
+    try:
+        out = fn(_ALL_T.clone(), dim)
+    except NotImplementedError:
+        return None, Check("你的嵌入函数", "your embedding function", False, "函数抛出了 NotImplementedError。",
+                           "the function raised NotImplementedError.",
+                           "写出你自己的频率 w_i（例如换一个最长周期，或者线性间隔），返回 [cos | sin]。",
+                           "Write your own frequencies w_i (e.g. another longest period, or linear spacing) and return [cos | sin].",
+                           stub=True)
+    except Exception as exc:  # the learner's code may raise anything
+        return None, Check(*_RETURNS, False, describe_exception(exc), describe_exception(exc),
+                           "先单独运行 fn(torch.arange(1000), 64)。", "Run fn(torch.arange(1000), 64) on its own first.")
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(_ALL_T), dim) or not out.is_floating_point():
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        return None, Check(*_RETURNS, False, f"fn(torch.arange(1000), {dim}) 给出 {got}。", f"fn(torch.arange(1000), {dim}) gave {got}.",
+                           f"返回浮点张量，形状 (B, dim) = (1000, {dim})。", f"Return a floating-point tensor of shape (B, dim) = (1000, {dim}).")
+    out = out.detach().double().cpu()
+    if not torch.isfinite(out).all() or (out.norm(dim=1) == 0).any():
+        return None, Check(*_RETURNS, False, "有 NaN、inf 或全零的行。", "some rows are NaN, inf or all zeros.",
+                           "每个时间步都要有一个非零、有限的向量。", "Every timestep needs a finite, non-zero vector.")
+    return out, None
 
-    The truth of every statement is computed here from SD's 320-dim embedding on t = 0 … 999;
-    each answer gets the evidence, right or wrong. A blank dict (the notebook's stub: every answer
-    ``None``) is "not attempted yet": each statement says "not answered yet", no verdict given away.
+
+def _is_standard(emb: torch.Tensor, dim: int) -> bool:
+    for flip in (True, False):
+        for shift in (0.0, 1.0):
+            if torch.allclose(emb, sinusoidal_embedding(_ALL_T, dim, flip_sin_to_cos=flip, downscale_freq_shift=shift).double(),
+                              atol=1e-4):
+                return True
+    return False
+
+
+@exercise(4, "4.3", "练习 4.3：先预测，再测量", "Exercise 4.3: predict, then measure")
+def check_gap_prediction(fn, predicted, measured, gap: int = GAP, dim: int = VARIANT_DIM) -> Feedback:
+    """Check a prediction and a measurement of the mean similarity ``gap`` steps apart for the learner's embedding.
+
+    ``fn(timesteps, dim) -> (B, dim)``: the learner's own variant (not one of the four standard
+    ones, :func:`unetlab.embeddings.sinusoidal_embedding` with ``flip_sin_to_cos`` in {True, False}
+    and ``downscale_freq_shift`` in {0, 1}). ``predicted``: the value worked out from the
+    frequencies alone; ``measured``: ``mean_t cos(fn(t), fn(t + gap))`` over ``t = 0 … 999 − gap``.
+    Both must be within 0.01 of the recomputation (:func:`gap_similarity`). A function that raises
+    ``NotImplementedError`` with ``predicted`` and ``measured`` still ``None`` is "not attempted yet".
     """
-    title = ("练习 4.3：描述嵌入随时间步变化的规律", "Exercise 4.3: describe how the embedding changes with t")
-    if not isinstance(answers, dict):
-        return run_checks(*title, [lambda: Check(
-            "答案是一个字典", "the answer is a dict", False,
-            detail_zh=f"收到的是 {type(answers).__name__}。", detail_en=f"got a {type(answers).__name__}.",
-            hint_zh="写成 {'same_norm': True, 'monotonic': False, ...}，每个陈述一个键。",
-            hint_en="Write {'same_norm': True, 'monotonic': False, ...}, one key per statement.",
-        )])
-    truths = _pattern_truths()
-    steps = []
-    unknown = sorted(set(map(str, answers)) - set(PATTERN_STATEMENTS))
-    stub = not unknown and is_blank(answers)
-    if unknown:
-        steps.append(lambda: Check(
-            "只回答列出的陈述", "only the listed statements are answered", False,
-            detail_zh=f"未知的键：{unknown}", detail_en=f"unknown keys: {unknown}",
-            hint_zh=f"可用的键：{list(PATTERN_STATEMENTS)}", hint_en=f"valid keys: {list(PATTERN_STATEMENTS)}",
-        ))
-    for key, (zh, en) in PATTERN_STATEMENTS.items():
-        def step(key=key, zh=zh, en=en):
-            holds, ev_zh, ev_en = truths[key]
-            answer = as_bool(answers.get(key))
-            what = (f"[{key}] {zh}", f"[{key}] {en}")
-            if answer is None:
-                return Check(
-                    *what, False, detail_zh="还没有回答（None）。", detail_en="not answered yet (None).",
-                    hint_zh="填 True 或 False，可以先用上面的图和数字验证。",
-                    hint_en="Fill in True or False; check it against the figures and numbers above first.",
-                    stub=stub,
-                )
-            if not isinstance(answer, bool):
-                # "True", 1 or a tensor are not accepted as answers: say what was given, not "unanswered"
-                return Check(
-                    *what, False,
-                    detail_zh=f"答案应是 True 或 False，收到的是 {type(answer).__name__} {answer!r}。",
-                    detail_en=f"the answer must be True or False, got {type(answer).__name__} {answer!r}.",
-                    hint_zh="直接写 True 或 False，不要加引号，也不要写 1/0。",
-                    hint_en="Write True or False itself: no quotes, not 1/0.",
-                )
-            verdict = ("成立", "holds") if holds else ("不成立", "does not hold")
-            return Check(
-                *what, answer == holds,
-                detail_zh=f"这个陈述{verdict[0]}：{ev_zh}", detail_en=f"this statement {verdict[1]}: {ev_en}",
-                hint_zh="自己算一下证据里的数字再回答。", hint_en="Compute the number in the evidence yourself, then answer.",
-            )
+    title = ("练习 4.3：先预测，再测量", "Exercise 4.3: predict, then measure")
+    emb, problem = _learner_embedding(fn, dim)
+    if problem is not None and problem.stub and predicted is None and measured is None:
+        return run_checks(*title, [lambda: problem])
+    if problem is not None:
+        problem.stub = False
+        return run_checks(*title, [lambda: problem])
+    truth = gap_similarity(emb, gap)
+    state = {}
 
-        step.__name__ = key
-        steps.append(step)
-    return run_checks(*title, steps)
+    def own_variant():
+        what = ("是你自己的变体", "it is your own variant")
+        if _is_standard(emb, dim):
+            return Check(*what, False, "这是四种标准写法之一（SD 或学习笔记 003，flip 和 shift 的组合）。",
+                         "this is one of the four standard variants (SD's or study note 003's, a flip/shift combination).",
+                         "换掉频率：例如最长周期用 1000 而不是 10000，或让 w_i 线性间隔。这样答案就不在本章里。",
+                         "Change the frequencies: e.g. a longest period of 1000 instead of 10000, or linearly spaced w_i. "
+                         "Then the answer is nowhere in this chapter.")
+        return Check(*what, True)
+
+    def is_number(value, name):
+        v = as_number(value)
+        ok = v is not None and -1.0 - 1e-6 <= v <= 1.0 + 1e-6
+        state[name] = v
+        return ok, v
+
+    def measured_check():
+        what = (f"测量值：间隔 {gap} 的平均余弦相似度", f"measured: mean cosine similarity {gap} steps apart")
+        ok, v = is_number(measured, "measured")
+        if v is None:
+            return Check(*what, False, f"收到 {measured!r}。", f"got {measured!r}.", "填一个数（float）。", "Fill in one number (a float).")
+        if abs(v - truth) <= 0.01:
+            return Check(*what, True, f"重新计算得 {truth:.4f}。", f"recomputed: {truth:.4f}.")
+        hint = ("对 t = 0 … 999 − gap，把 fn(t) 和 fn(t + gap) 都归一化成单位长度，逐对点积，再取平均。",
+                "For t = 0 … 999 − gap, normalise fn(t) and fn(t + gap) to unit length, take each pair's dot product, and average.")
+        raw = float((emb[:-gap] * emb[gap:]).sum(dim=1).mean())
+        if abs(v - raw) <= 0.01 * max(1.0, abs(raw)):
+            hint = ("这是没有归一化的点积：先把每个向量除以它的长度。", "That is the raw dot product: divide each vector by its length first.")
+        else:
+            for g in (1, 2, 10, 50, 100):
+                if g != gap and abs(v - gap_similarity(emb, g)) <= 1e-3:
+                    hint = (f"这是间隔 {g} 的值，题目要的间隔是 {gap}。", f"That is the value at gap {g}; the exercise asks for gap {gap}.")
+                    break
+        return Check(*what, False, f"你的值 {v:.4f}，重新计算得 {truth:.4f}。", f"yours {v:.4f}, recomputed {truth:.4f}.", *hint)
+
+    def predicted_check():
+        what = ("预测值与测量一致（±0.01）", "the prediction agrees with the measurement (±0.01)")
+        ok, v = is_number(predicted, "predicted")
+        if v is None:
+            return Check(*what, False, f"收到 {predicted!r}。", f"got {predicted!r}.",
+                         "在嵌入任何时间步之前，只用你的频率算出预测：mean_i cos(w_i · gap)。",
+                         "Before embedding any timestep, work the prediction out from your frequencies alone: mean_i cos(w_i · gap).")
+        if abs(v - truth) <= 0.01:
+            return Check(*what, True, f"预测 {v:.4f}，测量 {truth:.4f}。", f"predicted {v:.4f}, measured {truth:.4f}.")
+        hint = ("对 [cos | sin] 成对的嵌入，sim(t, t + gap) = mean_i cos(w_i · gap)，与 t 无关；如果你的变体不是每个频率一对等幅的 "
+                "cos/sin，这个公式就不成立，想想为什么。",
+                "For an embedding of equal-amplitude [cos | sin] pairs, sim(t, t + gap) = mean_i cos(w_i · gap), whatever t is; "
+                "if your variant is not one cos/sin pair of equal amplitude per frequency, the formula does not hold: think about why.")
+        sd_value = gap_similarity(sinusoidal_embedding(_ALL_T, dim, flip_sin_to_cos=True, downscale_freq_shift=0).double(), gap)
+        sd320 = gap_similarity(sinusoidal_embedding(_ALL_T, 320, flip_sin_to_cos=True, downscale_freq_shift=0).double(), gap)
+        if abs(v - sd_value) <= 1e-3 or abs(v - sd320) <= 1e-3:
+            hint = ("这是 SD 频率的值，不是你的：用你自己的 w_i。", "That is the value for SD's frequencies, not yours: use your own w_i.")
+        else:
+            for g in (1, 2, 10):
+                if g != gap and abs(v - gap_similarity(emb, g)) <= 1e-3:
+                    hint = (f"这是间隔 {g} 的值，题目要的间隔是 {gap}。", f"That is the value at gap {g}; the exercise asks for gap {gap}.")
+                    break
+            else:
+                # the fastest pair alone: cos(w_0 gap), w_0 read off the first cos column (its angle after one step)
+                w0 = float(torch.arccos(torch.clamp(emb[1, 0] / emb[0, 0], -1, 1))) if abs(float(emb[0, 0])) > 1e-6 else None
+                if w0 is not None and abs(v - math.cos(w0 * gap)) <= 1e-3:
+                    hint = ("你只用了最快的那个频率：相似度是所有频率的 cos(w_i · gap) 的平均。",
+                            "You used the fastest frequency only: the similarity is the mean of cos(w_i · gap) over all frequencies.")
+        off = v - truth
+        return Check(*what, False, f"预测 {v:.4f}，测量 {truth:.4f}（差 {off:+.4f}）。",
+                     f"predicted {v:.4f}, measured {truth:.4f} (off by {off:+.4f}).", *hint)
+
+    return run_gated(*title, gates=[own_variant], rest=[measured_check, predicted_check])
+
+
+@exercise(4, "4.4", "练习 4.4：设计一个平滑的嵌入", "Exercise 4.4: design a smooth embedding")
+def check_smooth_embedding(fn, dim: int = VARIANT_DIM) -> Feedback:
+    """Check that the learner's embedding ``fn(timesteps, dim) -> (B, dim)`` meets :data:`SMOOTH_SPEC` on t = 0 … 999.
+
+    Near: the mean similarity ``GAP`` steps apart (:func:`gap_similarity`) is at least
+    ``SMOOTH_SPEC["near"]``; far: every pair at least ``SMOOTH_SPEC["far_gap"]`` steps apart has
+    cosine similarity at most ``SMOOTH_SPEC["far"]``. SD's 320-dim embedding fails the first (about
+    0.74). A function that raises ``NotImplementedError`` (the notebook's stub) is "not attempted yet".
+    """
+    title = ("练习 4.4：设计一个平滑的嵌入", "Exercise 4.4: design a smooth embedding")
+    emb, problem = _learner_embedding(fn, dim)
+    if problem is not None:
+        return run_checks(*title, [lambda: problem])
+    near, far_gap, far = SMOOTH_SPEC["near"], SMOOTH_SPEC["far_gap"], SMOOTH_SPEC["far"]
+    unit = torch.nn.functional.normalize(emb, dim=1)
+    # (1000, 1000) similarities; pairs at least far_gap apart
+    sim = unit @ unit.T
+    gaps = (_ALL_T[:, None] - _ALL_T[None, :]).abs()
+    far_sim = sim.masked_fill(gaps < far_gap, -2.0)
+    worst = int(far_sim.argmax())
+    t1, t2 = divmod(worst, len(_ALL_T))
+    worst_value = float(far_sim.max())
+
+    def near_check():
+        value = gap_similarity(emb, GAP)
+        what = (f"相隔 {GAP} 步的平均相似度 ≥ {near}", f"mean similarity {GAP} steps apart ≥ {near}")
+        if value >= near:
+            return Check(*what, True, f"{value:.4f}", f"{value:.4f}")
+        return Check(*what, False, f"只有 {value:.4f}。", f"only {value:.4f}.",
+                     f"最快的维度转得太快：频率 w 在 {GAP} 步里转过 w·{GAP} 弧度，cos(w·{GAP}) ≥ {near} 要求 w ≲ "
+                     f"{math.acos(near) / GAP:.3f}（周期 ≳ {2 * math.pi * GAP / math.acos(near):.0f} 步）。去掉或放慢最快的那些频率。",
+                     f"The fastest dimensions turn too fast: frequency w turns w·{GAP} radians in {GAP} steps, and "
+                     f"cos(w·{GAP}) ≥ {near} needs w ≲ {math.acos(near) / GAP:.3f} (a period ≳ "
+                     f"{2 * math.pi * GAP / math.acos(near):.0f} steps). Drop or slow down the fastest frequencies.")
+
+    def far_check():
+        what = (f"相隔 ≥ {far_gap} 步的每一对相似度 ≤ {far}", f"every pair ≥ {far_gap} steps apart has similarity ≤ {far}")
+        if worst_value <= far:
+            return Check(*what, True, f"最大 {worst_value:.4f}（t = {t1}, {t2}）。", f"largest {worst_value:.4f} (t = {t1}, {t2}).")
+        hint = (f"频率都太慢了：周期远长于 1000 步的维度几乎不动，让相隔很远的 t 看起来也很像。加入周期在几十到几百步之间的频率。",
+                "The frequencies are too slow: dimensions with periods far beyond 1000 steps barely move, so distant t look "
+                "alike. Add frequencies with periods between a few dozen and a few hundred steps.")
+        if abs(t1 - t2) < 900 and float(sim[0].min()) < far:
+            hint = (f"t = {t1} 和 t = {t2} 又变得很像：某些频率正好在这个间隔上转满一圈（周期性重复）。让频率更分散（不要都是同一个周期的整数倍）。",
+                    f"t = {t1} and t = {t2} look alike again: some frequencies complete whole turns over this gap (periodic "
+                    "repetition). Spread the frequencies out (not all multiples of one period).")
+        return Check(*what, False, f"t = {t1} 和 t = {t2} 的相似度是 {worst_value:.4f}。",
+                     f"t = {t1} and t = {t2} have similarity {worst_value:.4f}.", *hint)
+
+    return run_checks(*title, [near_check, far_check])

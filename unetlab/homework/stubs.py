@@ -8,18 +8,22 @@ looks at what the answer *does*, and each checker applies the rule of its own st
 checker, its notebook stub, and when the answer counts as "not attempted":
 
 * ``check_unet_shapes`` — ``forward`` raises ``NotImplementedError``: the first forward raises it.
-* ``check_layer_shapes`` — ``{point: None for point in SHAPE_POINTS}``: every point there, every value blank.
-* ``check_param_shares`` — ``{}``: the dict is blank.
+* ``check_own_trace`` — ``my_trace = {}`` (with the learner's ``MyUNet``): the predictions are blank, or
+  ``MyUNet``'s forward still raises ``NotImplementedError`` (exercise 1.1 not done yet).
+* ``check_param_scaling`` — ``{"quadratic": {part: None ...}, "at_128": {part: None ...}}``: every value blank.
 * ``check_component_shares`` — ``{"clip": None, "vae": None, "unet": None}``: the dict is blank.
 * ``check_shape_predictions`` — every point ``None`` but the example ``conv_in output``: every point
   there, every value blank but the unchanged example.
 * ``check_skip_channels`` — ``return []``: ``fn(SD 1.5's config)`` is blank or raises ``NotImplementedError``.
-* ``check_psnr_table`` — ``table[row][t] = None``: both rows, every timestep, every value blank.
+* ``check_skip_ablation`` — ``my_replacement`` raises ``NotImplementedError`` and the table and the
+  verdict are blank (``None`` everywhere).
+* ``check_crossover`` — ``{"skips": None, "noskips": None}``: both values blank.
 * ``check_embedding``, ``check_self_attention``, ``check_attention_map`` — ``raise
   NotImplementedError``: the function raises it.
 * ``check_similarity_matrix`` — ``hw_sim = None``: ``sim`` is blank.
-* ``check_pattern_answers`` — ``{key: None for key in PATTERN_STATEMENTS}``: no unknown key, every
-  value blank (each statement then says "not answered yet", no verdict given away).
+* ``check_gap_prediction`` — ``my_variant`` raises ``NotImplementedError`` and ``predicted`` and
+  ``measured`` are ``None``.
+* ``check_smooth_embedding`` — ``raise NotImplementedError``: the function raises it.
 * ``check_guidance`` — ``return eps_text``: the output equals ``eps_text`` at s = 0 and at s = 3
   (it ignores s), or is blank, or the function raises ``NotImplementedError``.
 * ``check_ddim_step`` — ``return x_t``: the output equals ``x_t`` in every case, or is blank, or
