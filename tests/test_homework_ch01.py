@@ -339,3 +339,34 @@ def test_param_scaling_numpy_numbers_are_accepted():
     right, _ = fitted_by_hand()
     answer = {key: {p: np.int64(v) for p, v in inner.items()} for key, inner in right.items()}
     assert check_param_scaling(answer).passed
+
+
+# --- has_skip_connections: a global residual is not a skip connection ------------------------------
+class NoSkipUNet(nn.Module):
+    """A U without skips: everything goes through the bottom."""
+
+    def __init__(self, in_channels=4, out_channels=4, base_channels=16, residual="none"):
+        super().__init__()
+        self.inner = SimpleUNet(in_channels, out_channels, base_channels, use_skips=False)
+        self.residual = residual
+        self.proj = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x, timestep):
+        h = self.inner(x, timestep)
+        if self.residual == "add":
+            return h + x            # global residual, no module sees x after the bottom
+        if self.residual == "conv":
+            return h + self.proj(x)  # a 1x1 conv of the raw input, added at the end
+        return h
+
+
+@pytest.mark.parametrize("residual", ["none", "add", "conv"])
+def test_a_global_residual_does_not_count_as_skips(residual):
+    assert not has_skip_connections(NoSkipUNet(residual=residual))
+    fb = check_unet_shapes(lambda **kw: NoSkipUNet(residual=residual, **kw))
+    assert [c.what_en for c in fb.failed()] == ["skip connections"], str(fb)
+
+
+def test_skips_are_found_in_unets_that_have_them():
+    assert has_skip_connections(SimpleUNet(4, 4, 16))
+    assert has_skip_connections(ThreeLevelUNet())

@@ -152,12 +152,16 @@ def _lowest_resolution(model: nn.Module, x: torch.Tensor, timestep: torch.Tensor
 
 
 def has_skip_connections(model: nn.Module, size: int = 32, base_seed: int = 0) -> bool:
-    """True if information reaches the output without passing through the lowest resolution.
+    """True if information reaches the decoder without passing through the lowest resolution.
 
     Every tensor at the lowest resolution, going into or coming out of any submodule, is
     replaced by zeros. Without skip connections everything the decoder knows about ``x`` went
-    through that resolution, so the output no longer depends on ``x``; with skips it still does.
-    Catches concatenated and added skips alike.
+    through that resolution, so nothing it computes depends on ``x`` any more; with skips it
+    still does. "The decoder" = the submodules called after the last one whose output is at the
+    lowest resolution; their 4-D inputs are compared for two different ``x``. The model's input
+    tensor itself does not count: a global residual (``out(h) + x``, or a 1×1 conv of ``x`` added
+    at the end) bypasses the U without being a skip connection. Catches concatenated and added
+    skips alike.
     """
     generator = torch.Generator().manual_seed(base_seed)
     x1 = torch.randn(2, 4, size, size, generator=generator)
@@ -170,22 +174,50 @@ def has_skip_connections(model: nn.Module, size: int = 32, base_seed: int = 0) -
     def zero_lowest(t: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(t) if t.ndim == 4 and tuple(t.shape[-2:]) == lowest else t
 
-    handles = []
-    for path, module in model.named_modules():
-        if not path:
-            continue
-        handles.append(module.register_forward_pre_hook(
-            lambda m, args, kwargs: (_map_tensors(args, zero_lowest), _map_tensors(kwargs, zero_lowest)),
-            with_kwargs=True))
-        handles.append(module.register_forward_hook(lambda m, args, out: _map_tensors(out, zero_lowest)))
-    try:
-        with torch.no_grad():
-            out1, out2 = model(x1, timestep), model(x2, timestep)
-    finally:
-        for handle in handles:
-            handle.remove()
-    scale = max(out1.abs().max().item(), out2.abs().max().item(), 1e-12)
-    return (out1 - out2).abs().max().item() > 1e-5 * scale
+    def run(x: torch.Tensor) -> tuple[list, int]:
+        inputs: list[list[torch.Tensor]] = []  # per call, in call order: its 4-D inputs (not x itself)
+        last_lowest = [-1]
+        handles = []
+
+        def pre(module, args, kwargs):
+            args, kwargs = _map_tensors(args, zero_lowest), _map_tensors(kwargs, zero_lowest)
+            found: list[torch.Tensor] = []
+            _map_tensors((args, kwargs), lambda t: found.append(t) if t.ndim == 4 and t is not x else t)
+            module._skip_test_call = len(inputs)
+            inputs.append([t.detach().clone() for t in found])
+            return args, kwargs
+
+        def post(module, args, out):
+            out = _map_tensors(out, zero_lowest)
+            sizes: list[tuple] = []
+            _map_tensors(out, lambda t: sizes.append(tuple(t.shape[-2:])) if t.ndim == 4 else t)
+            if lowest in sizes:
+                last_lowest[0] = max(last_lowest[0], module._skip_test_call)
+            return out
+
+        for path, module in model.named_modules():
+            if path:
+                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+                handles.append(module.register_forward_hook(post))
+        try:
+            with torch.no_grad():
+                model(x, timestep)
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module in model.modules():
+                module.__dict__.pop("_skip_test_call", None)
+        return inputs, last_lowest[0]
+
+    inputs1, last1 = run(x1)
+    inputs2, _ = run(x2)
+    for call in range(last1 + 1, min(len(inputs1), len(inputs2))):
+        for a, b in zip(inputs1[call], inputs2[call]):
+            if a.shape == b.shape:
+                scale = max(a.abs().max().item(), b.abs().max().item(), 1e-12)
+                if (a - b).abs().max().item() > 1e-5 * scale:
+                    return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ Images are expected in [-1, 1] (the data's range) and shown in [0, 1].
 """
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -23,13 +25,14 @@ def show_images(images: torch.Tensor, titles: list[str] | None = None, ncols: in
     """A grid of images (N, 3, H, W) with optional titles (e.g. captions)."""
     n = images.shape[0]
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.35)), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.55)), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
             ax.imshow(_as_rgb(images[i]), interpolation="nearest")
             if titles is not None:
-                ax.set_title(titles[i], fontsize=7)
+                # wrapped to the panel's width: long captions ran into their neighbours
+                ax.set_title(textwrap.fill(titles[i], width=max(12, int(size * 11))), fontsize=6)
     fig.tight_layout()
     return fig
 
@@ -83,7 +86,7 @@ def plot_quality_vs_t(results: dict[str, dict[int, dict[str, float]]], metric: s
     unknown = set(styles or {}) - set(results)
     if unknown:
         raise ValueError(f"styles names labels that are not in results: {sorted(unknown)}")
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.8))
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8.5, 3.8))
     for label, per_t in results.items():
         ts = sorted(per_t)
         style = {"marker": "o", "markersize": 4, **(styles or {}).get(label, {})}
@@ -94,6 +97,7 @@ def plot_quality_vs_t(results: dict[str, dict[int, dict[str, float]]], metric: s
         ax.set_yscale("log")
     ax.set_title(title or f"{metric.upper()} of the clean-image estimate vs t")
     ax.grid(alpha=0.3)
-    ax.legend()
+    # outside the axes, to the right: inside it covered the curves between t = 400 and 1000
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
     return fig
