@@ -333,10 +333,30 @@ class SDComponents:
         return self.vae.decode(z).sample.float().clamp(-1, 1).cpu()
 
     def sampler(self, num_inference_steps: int = 25, **overrides):
-        """The DDIM sampler this pipeline's scheduler config describes (prediction type included)."""
+        """The DDIM sampler this pipeline's scheduler config describes (prediction type included).
+
+        ``DDIMSampler.from_config(scheduler_config, num_inference_steps, **overrides)``. Raises
+        ``ValueError`` when the samplers here can only follow an ε-prediction and the config asks
+        for another prediction type (they would silently land far from the image).
+        """
         from unetlab.samplers import DDIMSampler
 
-        return DDIMSampler.from_config(self.scheduler_config, num_inference_steps, **overrides)
+        if hasattr(DDIMSampler, "from_config"):
+            return DDIMSampler.from_config(self.scheduler_config, num_inference_steps, **overrides)
+        # samplers without from_config follow ε only: refuse anything else instead of sampling wrongly
+        if self.prediction_type != "epsilon" or self.scheduler_config.get("timestep_spacing", "leading") != "leading":
+            raise ValueError(
+                f"{self.source}: the scheduler config asks for prediction_type={self.prediction_type!r}, timestep_spacing="
+                f"{self.scheduler_config.get('timestep_spacing', 'leading')!r}, but this unetlab's DDIMSampler follows only "
+                "'epsilon' with 'leading' timesteps; update unetlab (DDIMSampler.from_config)"
+            )
+        from unetlab.schedule import NoiseSchedule
+
+        c = self.scheduler_config
+        schedule = NoiseSchedule(c.get("num_train_timesteps", 1000), c.get("beta_start", 0.00085),
+                                 c.get("beta_end", 0.012), c.get("beta_schedule", "scaled_linear"))
+        return DDIMSampler(schedule, num_inference_steps, steps_offset=c.get("steps_offset", 0),
+                           set_alpha_to_one=c.get("set_alpha_to_one", True), **overrides)
 
     # ---- how long will it take ---------------------------------------------------------------
     @torch.no_grad()
@@ -665,6 +685,12 @@ def _replace_from_file(path: Path, extra: dict, vae, text_encoder, notes: list[s
 
 def _load_strict(model, state_dict: dict, path: Path, what: str, ignore: tuple[str, ...] = ()) -> None:
     expected = model.state_dict()
+    # SD 1.x files name CLIP's tensors text_model.embeddings…; transformers 5's CLIPTextModel has no text_model.
+    state_dict = {
+        k[len("text_model."):] if k not in expected and k[len("text_model."):] in expected and k.startswith("text_model.")
+        else k: v
+        for k, v in state_dict.items()
+    }
     state_dict = {k: v for k, v in state_dict.items() if not k.endswith(ignore)}
     missing = [k for k in expected if k not in state_dict and not k.endswith(ignore)]
     wrong = [f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state_dict.items()
