@@ -59,10 +59,11 @@ _EXPORTS = {
     "psnr": "unetlab.schedule",
     "DDPMSampler": "unetlab.samplers",
     "DDIMSampler": "unetlab.samplers",
+    "guided_eps": "unetlab.guidance",
     "load_checkpoint": "unetlab.checkpoints",
 }
 
-_SUBMODULES = {"configs", "homework", "data", "schedule", "samplers", "train", "tracing", "sd", "plots", "text", "capture"}
+_SUBMODULES = {"configs", "homework", "data", "schedule", "samplers", "train", "tracing", "sd", "plots", "text", "capture", "guidance"}
 
 
 def __getattr__(name: str):

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Sequence
 
 import torch
@@ -49,6 +49,7 @@ import torch.nn as nn
 
 from .configs import UNetConfig
 from .data import COLOURS, HELDOUT_SEED, SHAPES, TRAIN_SEED, make_shapes
+from .guidance import check_guidance_scale, guided_eps  # re-exported: they lived here before unetlab.guidance
 from .schedule import NoiseSchedule
 from .sd.unet import SDUNet
 from .text import TextEncoder, WordTokenizer
@@ -264,39 +265,6 @@ def load_text2img(name: str = "text2img", device: str | torch.device = "cpu", ch
 # --- classifier-free guidance and sampling ------------------------------------------------------------------
 
 
-def check_guidance_scale(guidance_scale) -> float:
-    """A guidance scale must be a finite number >= 0 (0: unconditional, 1: text only, > 1: guided)."""
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, Real):
-        raise TypeError(f"guidance_scale must be a number >= 0, got {type(guidance_scale).__name__}")
-    scale = float(guidance_scale)
-    if not math.isfinite(scale) or scale < 0:
-        raise ValueError(
-            f"guidance_scale must be a finite number >= 0, got {guidance_scale} "
-            "(0: unconditional, 1: the text-conditional model alone, > 1: classifier-free guidance)"
-        )
-    return scale
-
-
-def guided_eps(unet: nn.Module, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-               uncond_context: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """Classifier-free guidance: ``eps_uncond + s · (eps_text − eps_uncond)``, the UNet run once on a doubled batch.
-
-    ``x_t`` (B, C, H, W), ``t`` (B,), ``context`` / ``uncond_context`` (B, L, D). ``s = 0`` and ``s = 1``
-    need only one half, so they run the UNet on B images.
-    """
-    scale = check_guidance_scale(guidance_scale)
-    if scale == 0:
-        return unet(x_t, t, uncond_context)
-    if scale == 1:
-        return unet(x_t, t, context)
-    # (2B, C, H, W): [x_t; x_t] — seed 002's `torch.cat([latents] * 2)`
-    model_input = torch.cat([x_t, x_t])
-    # (2B, C, H, W) -> two (B, C, H, W): the unconditional half first, as in diffusers
-    eps_uncond, eps_text = unet(model_input, torch.cat([t, t]), torch.cat([uncond_context, context])).chunk(2)
-    # (B, C, H, W)
-    return eps_uncond + scale * (eps_text - eps_uncond)
-
-
 @torch.no_grad()
 def generate(
     model: TextToImage,
@@ -309,12 +277,17 @@ def generate(
     on_unknown: str = "unk",
     progress: bool = False,
     return_trajectory: bool = False,
+    timestep_spacing: str = "leading",
+    guidance_rescale: float = 0.0,
 ):
     """Sample one image per caption: ``(B, 3, 32, 32)`` in about [-1, 1].
 
     DDIM (``eta = 0``, SD's timesteps) or ``sampler="ddpm"``; noise from ``torch.Generator().manual_seed(seed)``.
     ``guidance_scale`` < 0 raises ``ValueError``; unknown words become ``<unk>`` (``on_unknown="error"``
     raises instead); captions longer than the tokenizer's ``max_length`` raise ``ValueError``.
+    ``timestep_spacing`` and ``guidance_rescale`` pass through to the sampler and to
+    :func:`unetlab.guidance.guided_eps`; their defaults ("leading", 0) give the results of earlier versions.
+    The model predicts ε, so the sampler's ``prediction_type`` stays ``"epsilon"``.
     """
     from .samplers import DDIMSampler, DDPMSampler
 
@@ -322,9 +295,9 @@ def generate(
     if isinstance(captions, str):
         captions = [captions]
     if sampler == "ddim":
-        chain = DDIMSampler(NoiseSchedule(), num_inference_steps=num_inference_steps)
+        chain = DDIMSampler(NoiseSchedule(), num_inference_steps=num_inference_steps, timestep_spacing=timestep_spacing)
     elif sampler == "ddpm":
-        chain = DDPMSampler(NoiseSchedule(), num_inference_steps=num_inference_steps)
+        chain = DDPMSampler(NoiseSchedule(), num_inference_steps=num_inference_steps, timestep_spacing=timestep_spacing)
     else:
         raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
     # (B, L, D) each
@@ -334,7 +307,7 @@ def generate(
     shape = (len(captions), model.unet.config.in_channels, size, size)
 
     def model_fn(x_t, t):
-        return guided_eps(model.unet, x_t, t, context, uncond_context, scale)
+        return guided_eps(model.unet, x_t, t, context, uncond_context, scale, guidance_rescale=guidance_rescale)
 
     generator = torch.Generator().manual_seed(seed)
     return chain.sample(model_fn, shape, generator=generator, progress=progress, return_trajectory=return_trajectory)
