@@ -544,6 +544,7 @@ def load_sd_components(
     dtype: torch.dtype | None = None,
     *,
     base: str | os.PathLike | None = None,
+    prediction_type: str | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> SDComponents:
     """Load tokenizer, text encoder, UNet (``SDUNet``), VAE and scheduler config; see the module doc.
@@ -551,7 +552,9 @@ def load_sd_components(
     ``weights``: pipeline folder, cached hub id or single file (default: ``$UNETLAB_SD_WEIGHTS``, then
     the HF cache). ``device``/``dtype``: default ``$UNETLAB_DEVICE`` or the best device; fp16 on a GPU,
     fp32 on the CPU. ``base``: for a single file, the pipeline that supplies the tokenizer, scheduler
-    and component configs (default: the cached pipeline of the same family).
+    and component configs (default: the cached pipeline of the same family). ``prediction_type``:
+    overrides the scheduler config's (``"epsilon"``, ``"v_prediction"``, ``"sample"``); for a single file
+    the default is what diffusers infers from the file (:func:`unetlab.sd.load.infer_prediction_type`).
 
     Raises :class:`WeightsNotFoundError` when nothing is found (or what is named does not exist),
     :class:`ComponentError` for a folder missing a component, components that do not fit together
@@ -569,7 +572,7 @@ def load_sd_components(
     notes: list[str] = []
     with _quiet():
         if path.is_file():
-            return _load_single_file(path, device, dtype, base, cache_dir)
+            return _load_single_file(path, device, dtype, base, cache_dir, prediction_type)
         _check_pipeline_folder(path)
         unet_config = _unet_config_of(path)
         _check_fit(unet_config, _read_json(path / "text_encoder" / "config.json"),
@@ -578,7 +581,8 @@ def load_sd_components(
         vae = _load_vae(path, notes)
         unet_variant = _variant(path / "unet", WEIGHTS_NAME)
         unet = load_sd_unet(path / "unet", device=device, dtype=dtype, variant=unet_variant)
-        scheduler_config = _read_json(path / "scheduler" / "scheduler_config.json")
+        scheduler_config = _with_prediction_type(_read_json(path / "scheduler" / "scheduler_config.json"),
+                                                 prediction_type, notes)
         # cast after loading (inside _quiet: diffusers warns about casting a VAE with .to())
         text_encoder, vae = text_encoder.to(device, dtype).eval(), vae.to(device, dtype).eval()
     return SDComponents(
@@ -604,14 +608,28 @@ def _read_prefixed(path: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Ten
     return {k: v for k, v in read_state_dict(path).items() if k.startswith(prefixes)}
 
 
-def _load_single_file(path: Path, device, dtype, base, cache_dir) -> SDComponents:
+def _with_prediction_type(config: dict, prediction_type: str | None, notes: list[str]) -> dict:
+    if prediction_type is None:
+        return config
+    if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}")
+    if config.get("prediction_type", "epsilon") != prediction_type:
+        notes.append(f"prediction type: {prediction_type} (the scheduler config says {config.get('prediction_type', 'epsilon')})")
+    return dict(config, prediction_type=prediction_type)
+
+
+def _load_single_file(path: Path, device, dtype, base, cache_dir, prediction_type) -> SDComponents:
     notes = [
         "single file: the UNet comes from the file; the tokenizer and scheduler config (never inside a single file) "
         "come from the base pipeline"
     ]
-    unet = _single_file_unet(path, device, dtype, base, cache_dir)
-    width = unet.config.cross_attention_dim
-    root = _base_pipeline(path, width, base, cache_dir)
+    if base is not None:
+        root = _base_pipeline(path, None, base, cache_dir)
+        unet = _unet_with_base_config(path, root, device, dtype)
+    else:
+        # architecture (channels, widths, heads, projections) inferred from the tensors; EMA copy as diffusers picks it
+        unet = load_sd_unet(path, device=device, dtype=dtype)
+        root = _base_pipeline(path, unet.config.cross_attention_dim, None, cache_dir)
     _check_pipeline_folder(root)
     _check_fit(unet.config, _read_json(root / "text_encoder" / "config.json"),
                _read_json(root / "vae" / "config.json"), _tokenizer_max(root), f"{path} with base {root}")
@@ -620,6 +638,12 @@ def _load_single_file(path: Path, device, dtype, base, cache_dir) -> SDComponent
     extra = _read_prefixed(path, (_VAE_PREFIX, _CLIP_PREFIX))
     _replace_from_file(path, extra, vae, text_encoder, notes)
     scheduler_config = _read_json(root / "scheduler" / "scheduler_config.json")
+    if prediction_type is None:
+        # what diffusers infers for a single file (SD 2.x 768 models: v), not necessarily the base's
+        from unetlab.sd.load import infer_prediction_type
+
+        prediction_type = infer_prediction_type(path)
+    scheduler_config = _with_prediction_type(scheduler_config, prediction_type, notes)
     notes.append(f"base pipeline: {root}")
     return SDComponents(
         tokenizer=tokenizer, text_encoder=text_encoder.to(device, dtype).eval(), unet=unet,
@@ -628,24 +652,21 @@ def _load_single_file(path: Path, device, dtype, base, cache_dir) -> SDComponent
     )
 
 
-def _single_file_unet(path: Path, device, dtype, base, cache_dir):
-    """The file's UNet; its architecture inferred from the tensors (or, failing that, the base's config)."""
-    try:
-        return load_sd_unet(path, device=device, dtype=dtype)
-    except ValueError as exc:
-        # an older loader infers only the SD 1.x/2.x/XL presets: try the base pipeline's UNet config
-        root = Path(base).expanduser() if base is not None and Path(base).expanduser().is_dir() else None
-        if root is None and base is not None:
-            root = _cached_pipeline(str(base), cache_dir)
-        if root is None or not (root / "unet" / "config.json").is_file():
-            raise
+def _unet_with_base_config(path: Path, root: Path, device, dtype):
+    """The file's UNet in the base's architecture when the tensors agree with it (head counts and norm groups
+    are not stored in the weights); otherwise the architecture inferred from the tensors (e.g. an inpainting
+    file on a text-to-image base)."""
+    from unetlab.sd.load import CheckpointError
+
+    if (root / "unet" / "config.json").is_file():
         try:
             return load_sd_unet(path, config=_unet_config_of(root), device=device, dtype=dtype)
-        except ValueError:
-            raise exc from None
+        except CheckpointError:
+            pass
+    return load_sd_unet(path, device=device, dtype=dtype)
 
 
-def _base_pipeline(path: Path, width: int, base, cache_dir) -> Path:
+def _base_pipeline(path: Path, width: int | None, base, cache_dir) -> Path:
     if base is not None:
         found = find_sd_weights(base, cache_dir=cache_dir)
         if found is None or found.is_file():
