@@ -86,6 +86,17 @@ def test_components_equal_diffusers_pipeline(tiny, tiny_dir):
     torch.testing.assert_close(tiny.decode(latents), ref_image)
 
 
+def test_sampler_follows_the_scheduler_config(tiny, tiny_dir):
+    """v-prediction and trailing timesteps, as diffusers' DDIMScheduler reads the same config."""
+    from diffusers import DDIMScheduler
+
+    sampler = tiny.sampler(10)
+    assert (sampler.prediction_type, sampler.timestep_spacing) == ("v_prediction", "trailing")
+    reference = DDIMScheduler.from_pretrained(tiny_dir / "scheduler")
+    reference.set_timesteps(10)
+    assert sampler.timesteps.tolist() == reference.timesteps.tolist()
+
+
 def test_time_estimate_comes_from_a_timed_call(tiny):
     seconds = tiny.time_unet_call(batch=2)
     assert seconds > 0
