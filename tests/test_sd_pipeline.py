@@ -272,3 +272,22 @@ def test_random_pipeline_refuses_unknown_sizes(tmp_path):
         save_random_pipeline(tmp_path / "x", size="huge")
     with pytest.raises(ValueError, match="prediction_type"):
         save_random_pipeline(tmp_path / "x", prediction_type="v")
+
+
+def test_full_size_configs_are_sd15s():
+    """gpu_check's pipeline has SD 1.5's exact component sizes (counted on the meta device, nothing allocated)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from unetlab.configs import SD15
+    from unetlab.sd import random_pipeline as rp
+
+    vocab, _ = rp._vocabulary()
+    text = CLIPTextConfig(bos_token_id=vocab[rp.BOS], eos_token_id=vocab[rp.EOS], pad_token_id=vocab[rp.EOS],
+                          **rp._TEXT["sd15"])
+    with torch.device("meta"):
+        counts = [sum(p.numel() for p in m.parameters()) for m in (
+            UNet2DConditionModel(**SD15.to_diffusers()), AutoencoderKL(**rp._VAE["sd15"]), CLIPTextModel(text))]
+    # the course's reference figures (shared/design.md)
+    assert counts == [859_520_964, 83_653_863, 123_060_480]
+    assert max(vocab.values()) < text.vocab_size
