@@ -4,6 +4,9 @@ HF_HUB_OFFLINE is set before any test imports diffusers/transformers, and it is
 inherited by the Jupyter kernels nbval starts. A session-wide fixture makes any
 attempt to open a non-loopback network connection fail the test that made it.
 Each test runs with one torch thread (see ``_one_torch_thread``).
+The homework checkers record nothing (``UNETLAB_HOMEWORK_FILE`` empty), here and in the kernels
+nbval starts, so that tests never write a results file into the checkout; the tests of the
+recording set their own temporary file.
 """
 import os
 import socket
@@ -15,6 +18,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ["UNETLAB_HOMEWORK_FILE"] = ""
 
 _LOOPBACK = ("127.", "::1", "localhost", "0.0.0.0")
 

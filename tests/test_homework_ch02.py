@@ -225,7 +225,7 @@ def _hidden_off(config):
 @pytest.mark.parametrize(
     "fn, hint",
     [
-        (seed000_style, "seed 000"),
+        (seed000_style, "study note 000"),
         (_raises, "Your function raised"),
         (lambda config: [], "as many up blocks"),
         (lambda config: [[(1, 2)]] * len(config.block_out_channels), "layers_per_block + 1"),

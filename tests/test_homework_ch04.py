@@ -37,7 +37,7 @@ def test_reference_embedding_passes():
 @pytest.mark.parametrize(
     "answer, hint",
     [
-        (variant(False, 1), "seed 003's formula"),
+        (variant(False, 1), "study note 003's formula"),
         (variant(False, 0), "sin and cos are swapped"),
         (variant(True, 1), "divided by half − 1"),
         (lambda t, d: sd_embedding(t, d).double(), "Convert the timesteps to float"),
@@ -91,7 +91,7 @@ def test_reference_similarity_passes_for_tensor_numpy_and_list_timesteps():
         (lambda e: e @ e.T, "raw dot product"),
         (lambda e: torch.nn.functional.normalize(e.T, dim=1) @ torch.nn.functional.normalize(e.T, dim=1).T, "E @ E.T"),
         (lambda e: torch.cdist(e, e), "looks like a distance"),
-        (lambda e: unit_sim(variant(False, 1)(TIMESTEPS, 64)), "seed 003"),
+        (lambda e: unit_sim(variant(False, 1)(TIMESTEPS, 64)), "study note 003"),
         (lambda e: unit_sim(sd_embedding(TIMESTEPS, 320)), "dim=320"),
         (lambda e: unit_sim(e)[:-1], "E @ E.T"),
     ],

@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m unetlab {trace,params,train,checkpoints}``.
+"""Command-line interface: ``python -m unetlab {trace,params,train,checkpoints,homework}``.
 
 Each subcommand lives in the module that does the work; that module defines
 ``cli_add_arguments(parser)`` and ``cli_run(args) -> int``. This file only wires
@@ -13,10 +13,11 @@ import sys
 
 # command -> (module, one-line help)
 COMMANDS = {
-    "trace": ("unetlab.tracing", "print the shape table of a model (simple, sd15, sd21, sdxl, tiny)"),
+    "trace": ("unetlab.trace_command", "print the shape table of a model (simple, sd15, sd21, sdxl, tiny)"),
     "params": ("unetlab.sd.count", "parameter counts of a Stable Diffusion UNet, by part"),
     "train": ("unetlab.train", "train one of the course's small models and write its checkpoint into data/"),
     "checkpoints": ("unetlab.checkpoints", "list the shipped checkpoints, verify their sha256"),
+    "homework": ("unetlab.homework.report", "your homework progress: every chapter's exercises and which passed"),
 }
 
 

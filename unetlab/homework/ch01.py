@@ -1,4 +1,4 @@
-"""Chapter 1 homework: seed 003's exercises "implement a UNet and verify each layer's shapes"
+"""Chapter 1 homework: study note 003's exercises "implement a UNet and verify each layer's shapes"
 and "parameter-count analysis".
 
 Three checkers, each answering in 中文 and English (what passed, what failed, a hint) and
@@ -19,13 +19,8 @@ device, parameter counts from the model itself.
 """
 from __future__ import annotations
 
-import functools
-import math
-import os
-import traceback
 from collections.abc import Mapping
 from functools import lru_cache
-from numbers import Integral, Real
 
 import torch
 import torch.nn as nn
@@ -33,7 +28,11 @@ import torch.nn as nn
 from unetlab.simple_unet import SimpleUNet, UpBlock
 from unetlab.tracing import trace_shapes
 
+from .answers import as_number, as_shape, key_check
+from .exercises import exercise
 from .feedback import Check, Feedback
+from .feedback import describe_learner_exception as describe_exception
+from .stubs import is_blank
 
 __all__ = [
     "PARTS",
@@ -70,44 +69,6 @@ SHAPE_POINTS = (
 )
 
 _TOLERANCE = 0.005  # absolute tolerance on each parameter share
-
-# frames in these folders are torch's or unetlab's, not the learner's
-_LIBRARY_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``Type: message [where]``, ``where`` being the learner's innermost frame (not torch's or unetlab's).
-
-    Unlike :func:`unetlab.homework.feedback.describe_exception` (the last frames, wherever they
-    are), this points into the learner's own UNet code, e.g. ``[forward, line 11]``: the
-    chapter-1 checkers run whole models, so the last frames are nearly always inside torch.
-    """
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not os.path.abspath(f.filename).startswith(_LIBRARY_DIRS)]
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return f"{text} [{frames[-1].name}, line {frames[-1].lineno}]" if frames else text
-
-
-def _safety_net(title_zh: str, title_en: str):
-    """Turn an unexpected exception inside a checker into a failed check: the learner never sees a traceback."""
-
-    def wrap(checker):
-        @functools.wraps(checker)
-        def checked(*args, **kwargs):
-            try:
-                return checker(*args, **kwargs)
-            except Exception as exc:
-                fb = Feedback(title_zh, title_en)
-                fb.add(Check("检查你的答案时出错", "error while checking your answer", False,
-                             describe_exception(exc), describe_exception(exc),
-                             "看看答案的类型和格式是否与练习说明一致。",
-                             "Check that your answer has the type and form the exercise asks for."))
-                return fb
-
-        return checked
-
-    return wrap
-
 
 # ---------------------------------------------------------------------------------------------
 # The truth
@@ -156,16 +117,16 @@ def _param_share_truth(base_channels: int, use_skips: bool) -> dict[str, float]:
 def _typical_wrong_shares(base_channels: int, use_skips: bool) -> list[tuple[dict[str, float], str, str]]:
     """Shares that typical mistakes produce, each with the hint (zh, en) that explains it."""
     wrong = []
-    # the seed's up1: a ResBlock built for 2 * 64 = 128 input channels instead of 64 + 128
+    # study note 003's up1: a ResBlock built for 2 * 64 = 128 input channels instead of 64 + 128
     if use_skips:
         seed_like = _meta_model(base_channels)
         with torch.device("meta"):
             c = base_channels
             seed_like.up1 = UpBlock(2 * c, c, 4 * c, skip_channels=c)
         wrong.append((_shares(seed_like),
-                      f"这是种子代码里 up1 的参数量（ResBlock 按 {2 * c} 个输入通道构建）；"
+                      f"这是学习笔记 003 代码里 up1 的参数量（ResBlock 按 {2 * c} 个输入通道构建）；"
                       f"修正后的 up1 要接收 {c} + {2 * c} = {3 * c} 个通道。",
-                      f"These are the shares with the seed's up1 (a ResBlock built for {2 * c} input channels); the fixed "
+                      f"These are the shares with study note 003's up1 (a ResBlock built for {2 * c} input channels); the fixed "
                       f"up1 receives {c} + {2 * c} = {3 * c} channels."))
         wrong.append((param_share_truth(base_channels, use_skips=False),
                       "这是没有跳跃连接的模型（use_skips=False）的占比；请用 SimpleUNet() 默认的 use_skips=True。",
@@ -274,8 +235,8 @@ def _build(model_or_class, base_channels: int):
         hint_zh = "在 __init__ 的第一行调用 super().__init__()，然后再创建子模块。"
         hint_en = "Call super().__init__() on the first line of __init__, before creating any submodule."
     elif "divisible by num_groups" in str(error):
-        hint_zh = "GroupNorm 要求通道数能被组数整除：GroupNorm(8, 4) 不行。这正是种子代码的第一个错误。"
-        hint_en = "GroupNorm's group count must divide the channel count: GroupNorm(8, 4) fails. That is the seed's first bug."
+        hint_zh = "GroupNorm 要求通道数能被组数整除：GroupNorm(8, 4) 不行。这正是学习笔记 003 代码的第一个错误。"
+        hint_en = "GroupNorm's group count must divide the channel count: GroupNorm(8, 4) fails. That is the first bug of study note 003's code."
     return None, Check(*what, False, detail, detail, hint_zh, hint_en)
 
 
@@ -283,9 +244,10 @@ def _forward_failure(model, x, timestep, exc) -> Check:
     """A failed check for a forward that raised, naming the module where it failed."""
     detail_zh = detail_en = describe_exception(exc)
     if isinstance(exc, NotImplementedError):
+        # the notebook's stub: forward raises NotImplementedError
         return Check("前向传播", "forward pass", False, detail_zh, detail_en,
                      "forward 还没写完：把 raise NotImplementedError 换成你的实现。",
-                     "forward is not written yet: replace raise NotImplementedError with your code.")
+                     "forward is not written yet: replace raise NotImplementedError with your code.", stub=True)
     hint_zh = "用 unetlab.trace_shapes(model, x, t) 看每一层的形状，找到第一个对不上的地方。"
     hint_en = "Run unetlab.trace_shapes(model, x, t) to see every layer's shapes and find the first that does not fit."
     try:
@@ -372,7 +334,7 @@ def _skip_check(model) -> Check:
                  "resolution: torch.cat([h, skip], dim=1).")
 
 
-@_safety_net("UNet 形状检查", "UNet shape check")
+@exercise(1, "1.1", "UNet 形状检查", "UNet shape check")
 def check_unet_shapes(model_or_class, base_channels: int = 16) -> Feedback:
     """Check a learner's UNet: builds, right output shapes, uses the timestep, goes down, has skips.
 
@@ -380,6 +342,7 @@ def check_unet_shapes(model_or_class, base_channels: int = 16) -> Feedback:
     base_channels=base_channels)``, or without ``base_channels`` if it does not take one), or an
     ``nn.Module`` instance. The model is called as ``model(x, timestep)`` with ``x`` of shape
     ``(B, 4, H, W)`` and ``timestep`` of shape ``(B,)``. Runs in eval mode, without gradients.
+    A forward that raises ``NotImplementedError`` (the notebook's stub) is "not attempted yet".
     """
     fb = Feedback("UNet 形状检查", "UNet shape check")
     model, check = _build(model_or_class, base_channels)
@@ -413,27 +376,13 @@ def check_unet_shapes(model_or_class, base_channels: int = 16) -> Feedback:
 # ---------------------------------------------------------------------------------------------
 # check_layer_shapes
 # ---------------------------------------------------------------------------------------------
-def _as_shape(value) -> tuple[int, ...] | None:
-    try:
-        return _to_shape(value)
-    except Exception:  # an object that breaks when touched is not a shape either
-        return None
-
-
-def _to_shape(value) -> tuple[int, ...] | None:
-    if isinstance(value, torch.Size):
-        return tuple(value)
-    if isinstance(value, (tuple, list)) and all(isinstance(v, Integral) and not isinstance(v, bool) for v in value):
-        return tuple(int(v) for v in value)
-    return None
-
-
-@_safety_net("逐层形状预测", "layer shape predictions")
+@exercise(1, "1.2", "逐层形状预测", "layer shape predictions")
 def check_layer_shapes(predictions) -> Feedback:
     """Check predicted shapes at ``SHAPE_POINTS`` of ``SimpleUNet(base_channels=64)`` for ``x`` of shape ``(2, 4, 64, 64)``.
 
     ``predictions``: a dict ``{point: shape}``, shapes as tuples of ints, e.g.
-    ``{"time_embed output": (2, 256), ...}``.
+    ``{"time_embed output": (2, 256), ...}``. Every point there with a blank value (the notebook's
+    stub ``{point: None for point in SHAPE_POINTS}``) is "not attempted yet".
     """
     fb = Feedback("逐层形状预测", "layer shape predictions")
     if not isinstance(predictions, Mapping):
@@ -443,14 +392,16 @@ def check_layer_shapes(predictions) -> Feedback:
                      "Write {\"time_embed output\": (2, 256), ...} with the keys of SHAPE_POINTS."))
         return fb
     truth = layer_shape_truth()
-    missing = [p for p in SHAPE_POINTS if p not in predictions]
-    extra = [str(p) for p in predictions if p not in truth]
-    keys_ok = not missing and not extra
-    fb.add(Check("每个位置都有预测", "a prediction for every point", keys_ok,
-                 (f"缺少 {missing}" if missing else "") + (f" 多余 {extra}" if extra else ""),
-                 (f"missing {missing}" if missing else "") + (f" unknown {extra}" if extra else ""),
-                 "键必须与 SHAPE_POINTS 完全一致。", "The keys must be exactly those of SHAPE_POINTS."))
+    keys = key_check(predictions, SHAPE_POINTS, ("每个位置都有预测", "a prediction for every point"),
+                     ("键必须与 SHAPE_POINTS 完全一致。", "The keys must be exactly those of SHAPE_POINTS."))
     unanswered = [p for p in SHAPE_POINTS if p in predictions and predictions[p] is None]
+    if keys.passed and is_blank(predictions):
+        # the notebook's stub: every point there, none filled in
+        fb.add(Check("还没填的预测", "predictions not filled in", False, f"{len(SHAPE_POINTS)} 个都还是空的。",
+                     f"all {len(SHAPE_POINTS)} are still empty.", "把每个 None 换成一个整数元组，如 (2, 64, 32, 32)。",
+                     "Replace each None with a tuple of ints, e.g. (2, 64, 32, 32).", stub=True))
+        return fb
+    fb.add(keys)
     if unanswered:
         fb.add(Check("还没填的预测", "predictions not filled in", False, f"{len(unanswered)} 个：{unanswered}",
                      f"{len(unanswered)}: {unanswered}", "把每个 None 换成一个整数元组，如 (2, 64, 32, 32)。",
@@ -459,7 +410,7 @@ def check_layer_shapes(predictions) -> Feedback:
         if point not in predictions or predictions[point] is None:
             continue
         want = truth[point]
-        got = _as_shape(predictions[point])
+        got = as_shape(predictions[point])
         what = (f"{point}", f"{point}")
         if got is None:
             fb.add(Check(*what, False, f"不是整数元组：{predictions[point]!r}", f"not a tuple of ints: {predictions[point]!r}",
@@ -471,9 +422,9 @@ def check_layer_shapes(predictions) -> Feedback:
                     f"Work layer by layer from {SHAPE_INPUT}: a stride-2 conv halves H and W, "
                     "ConvTranspose2d(4, stride=2, padding=1) doubles them.")
             if point.endswith("res input") and len(got) == 4 and len(want) == 4 and got[1] != want[1]:
-                hint = ("ResBlock 的输入是上采样结果与跳跃连接的拼接：通道数是两者之和（种子代码在 up1 正是错在这里）。",
+                hint = ("ResBlock 的输入是上采样结果与跳跃连接的拼接：通道数是两者之和（学习笔记 003 的代码在 up1 正是错在这里）。",
                         "The ResBlock's input is the upsampled features concatenated with the skip: the channels add up "
-                        "(exactly what the seed's up1 got wrong).")
+                        "(exactly what study note 003's up1 got wrong).")
             elif point == "time_embed output":
                 hint = ("TimeEmbedding(64) 的 MLP 输出 4 × 64 维。", "TimeEmbedding(64)'s MLP outputs 4 × 64 features.")
             fb.add(Check(*what, False, f"你的预测 {got}，不对。", f"your prediction {got} is not right.", *hint))
@@ -483,47 +434,32 @@ def check_layer_shapes(predictions) -> Feedback:
 # ---------------------------------------------------------------------------------------------
 # check_param_shares
 # ---------------------------------------------------------------------------------------------
-def _as_float(value) -> float | None:
-    try:
-        return _to_float(value)
-    except Exception:  # an object that breaks when touched is not a number either
-        return None
-
-
-def _to_float(value) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value.item())
-    if isinstance(value, Real):
-        return float(value)
-    if getattr(value, "shape", None) == () and hasattr(value, "__float__"):  # e.g. a 0-d numpy array
-        return float(value)
-    return None
-
-
-@_safety_net("参数量占比", "parameter shares")
+@exercise(1, "1.3", "参数量占比", "parameter shares")
 def check_param_shares(answer, base_channels: int = 64, use_skips: bool = True) -> Feedback:
     """Check the share of ``SimpleUNet(base_channels=64)``'s parameters in each part.
 
     ``answer``: a dict ``{part: fraction}`` with the keys of ``PARTS`` (``time_embed``, ``down1``,
     ``down2``, ``bottleneck``, ``up1``, ``up2``, ``out``) and fractions that sum to 1.
-    Each share must be within 0.005 of the truth.
+    Each share must be within 0.005 of the truth. A blank dict (the notebook's stub ``{}``, or
+    every value ``None``) is "not attempted yet".
     """
     fb = Feedback("参数量占比", "parameter shares")
     if not isinstance(answer, Mapping):
         fb.add(Check("答案是字典", "the answer is a dict", False, f"收到 {type(answer).__name__}。", f"got {type(answer).__name__}.",
                      "写成 {\"time_embed\": 占比, \"down1\": 占比, ...}。", "Write {\"time_embed\": share, \"down1\": share, ...}."))
         return fb
+    parts_hint = (f"部分的名字就是 model.named_children() 的名字：{list(PARTS)}。",
+                  f"The parts are the names in model.named_children(): {list(PARTS)}.")
+    if is_blank(answer):
+        # the notebook's stub: shares = {}
+        fb.add(Check("每个部分都有", "every part is there", False, "还是空的。", "still empty.",
+                     f"为每个部分填一个占比：{{\"time_embed\": 占比, ...}}；{parts_hint[0]}",
+                     f"Fill in one share per part: {{\"time_embed\": share, ...}}. {parts_hint[1]}", stub=True))
+        return fb
     missing = [p for p in PARTS if p not in answer]
-    extra = [str(k) for k in answer if k not in PARTS]
-    fb.add(Check("每个部分都有", "every part is there", not missing and not extra,
-                 (f"缺少 {missing}" if missing else "") + (f" 多余 {extra}" if extra else ""),
-                 (f"missing {missing}" if missing else "") + (f" unknown {extra}" if extra else ""),
-                 f"部分的名字就是 model.named_children() 的名字：{list(PARTS)}。",
-                 f"The parts are the names in model.named_children(): {list(PARTS)}."))
-    values = {k: _as_float(answer[k]) for k in PARTS if k in answer}
-    bad = [k for k, v in values.items() if v is None or not math.isfinite(v)]
+    fb.add(key_check(answer, PARTS, ("每个部分都有", "every part is there"), parts_hint))
+    values = {k: as_number(answer[k]) for k in PARTS if k in answer}
+    bad = [k for k, v in values.items() if v is None]
     if bad:
         fb.add(Check("占比是数字", "the shares are numbers", False, f"这些不是数字：{bad}", f"not numbers: {bad}",
                      "每个值是一个 0 到 1 之间的小数。", "Each value is a fraction between 0 and 1."))

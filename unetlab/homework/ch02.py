@@ -18,14 +18,16 @@ points of exercise 2.B (names prefixed ``SD_`` so they don't clash with chapter 
 """
 from __future__ import annotations
 
-import math
 import re
 from functools import lru_cache
 from typing import Callable
 
 import torch
 
+from .answers import as_number, as_shape, function_check
+from .exercises import exercise
 from .feedback import Check, Feedback, describe_exception, run_checks
+from .stubs import call_answer, is_blank, stub_check
 
 __all__ = [
     "SD_SHAPE_POINTS",
@@ -146,30 +148,21 @@ def _component_counts() -> dict[str, int]:
     return {k: int(counts[name]) for k, name in _COMPONENT_NAMES.items()}
 
 
-def _number(value) -> float | None:
-    """A finite float from an int, a float, a numpy scalar or a one-element tensor; else None."""
-    if isinstance(value, bool):
-        return None
-    if torch.is_tensor(value):
-        if value.numel() != 1 or value.is_complex():
-            return None
-        value = value.item()
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    if isinstance(value, str) or not math.isfinite(number):
-        return None
-    return number
-
-
+@exercise(2, "2.A", "练习 2.A 三个组件的参数占比", "Exercise 2.A: parameter share of each component")
 def check_component_shares(answer) -> Feedback:
     """Check ``{"clip": share, "vae": share, "unet": share}``: fractions of all SD 1.5 parameters.
 
     The shares are fractions (0.12, not 12) of CLIP text encoder + VAE + UNet together;
-    a tolerance of 0.001 is allowed.
+    a tolerance of 0.001 is allowed. A blank dict (the notebook's stub: every share ``None``) is
+    "not attempted yet".
     """
     title = ("练习 2.A 三个组件的参数占比", "Exercise 2.A: parameter share of each component")
+    if isinstance(answer, dict) and is_blank(answer):
+        return run_checks(*title, [lambda: stub_check(
+            "三个占比都还是空的（None）。", "all three shares are still empty (None).",
+            "用 2.1 节的 components.counts 算出每个组件占全部参数的比例（0 到 1 之间的小数），填进 shares。",
+            "Compute each component's share of all parameters from section 2.1's components.counts "
+            "(a fraction between 0 and 1) and fill in shares.")])
     counts = _component_counts()
     total = sum(counts.values())
     truth = {k: counts[k] / total for k in COMPONENTS}
@@ -190,7 +183,7 @@ def check_component_shares(answer) -> Feedback:
             if not isinstance(answer, dict) or key not in answer:
                 return Check(f"{key} 的占比", f"share of {key}", False,
                              hint_zh=f"缺少键 '{key}'。", hint_en=f"The key '{key}' is missing.")
-            got = _number(answer[key])
+            got = as_number(answer[key])
             if got is None:
                 shown = repr(answer[key])[:60]
                 return Check(f"{key} 的占比", f"share of {key}", False,
@@ -203,8 +196,8 @@ def check_component_shares(answer) -> Feedback:
                 if got > 1 and abs(got / 100 - truth[key]) <= 0.01:
                     hint_zh, hint_en = "这是百分数；请写成小数 (除以 100)。", "That is a percentage; give a fraction (divide by 100)."
                 elif abs(got - truth[key]) <= 0.01:
-                    hint_zh = "很接近，但舍入太多了 (种子 001 的 12%、8%、80% 就是舍入过的)。直接用参数量相除，不要先舍入。"
-                    hint_en = ("Close, but rounded too much (seed 001's 12%, 8%, 80% are rounded). "
+                    hint_zh = "很接近，但舍入太多了 (学习笔记 001 的 12%、8%、80% 就是舍入过的)。直接用参数量相除，不要先舍入。"
+                    hint_en = ("Close, but rounded too much (study note 001's 12%, 8%, 80% are rounded). "
                                "Divide the counts directly, don't round first.")
                 elif abs(got - counts[key] / counts["unet"]) <= tol and key != "unet":
                     hint_zh = "你除以的是 UNet 的参数量；分母应是三个组件的总和。"
@@ -222,7 +215,7 @@ def check_component_shares(answer) -> Feedback:
         return step
 
     def sums_to_one():
-        total_share = sum(_number(answer[k]) for k in COMPONENTS)
+        total_share = sum(as_number(answer[k]) for k in COMPONENTS)
         ok = abs(total_share - 1.0) <= 3 * tol
         return Check("三个占比之和为 1", "the three shares add up to 1", ok,
                      detail_zh=f"之和 = {total_share:.4f}", detail_en=f"sum = {total_share:.4f}",
@@ -230,7 +223,7 @@ def check_component_shares(answer) -> Feedback:
                      hint_en="The three components are all the parameters: their shares must add up to 1.")
 
     steps = [is_dict] + [one(k) for k in COMPONENTS]
-    if isinstance(answer, dict) and all(k in answer and _number(answer[k]) is not None for k in COMPONENTS):
+    if isinstance(answer, dict) and all(k in answer and as_number(answer[k]) is not None for k in COMPONENTS):
         steps.append(sums_to_one)
     return run_checks(*title, steps)
 
@@ -238,13 +231,8 @@ def check_component_shares(answer) -> Feedback:
 # ---------------------------------------------------------------------------------------------
 # Exercise 2.B: shapes at named points for a 96×96 latent
 # ---------------------------------------------------------------------------------------------
-def _as_shape(value):
-    """A tuple of ints from a tuple / list / torch.Size, else None."""
-    if isinstance(value, (tuple, list, torch.Size)) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        return tuple(int(v) for v in value)
-    return None
+#: the point the notebook fills in as an example, and its value
+_EXAMPLE = ("conv_in output", (1, 320, SD_SHAPE_LATENT, SD_SHAPE_LATENT))
 
 
 def _shape_hint(point: str, got: tuple[int, ...], want: tuple[int, ...], size: int) -> tuple[str, str]:
@@ -285,10 +273,14 @@ def _shape_hint(point: str, got: tuple[int, ...], want: tuple[int, ...], size: i
     return ("形状不对。", "Wrong shape.")
 
 
+@exercise(2, "2.B", f"练习 2.B 预测 {SD_SHAPE_LATENT}×{SD_SHAPE_LATENT} 潜空间表示的形状",
+          f"Exercise 2.B: predict the shapes for a {SD_SHAPE_LATENT}x{SD_SHAPE_LATENT} latent")
 def check_shape_predictions(predictions) -> Feedback:
     """Check ``{point: shape}`` for the points in ``SD_SHAPE_POINTS`` (SD 1.5, 96×96 latent, batch 1).
 
-    Point names may also be written with a space, e.g. ``"up_blocks.2 resnets.0 input"``.
+    Point names may also be written with a space, e.g. ``"up_blocks.2 resnets.0 input"``. The
+    notebook's stub (every point there, every value blank but the example ``conv_in output``) is
+    "not attempted yet".
     """
     title = (f"练习 2.B 预测 {SD_SHAPE_LATENT}×{SD_SHAPE_LATENT} 潜空间表示的形状",
              f"Exercise 2.B: predict the shapes for a {SD_SHAPE_LATENT}x{SD_SHAPE_LATENT} latent")
@@ -304,6 +296,15 @@ def check_shape_predictions(predictions) -> Feedback:
     for key, value in predictions.items():
         module, where = _parse_point(key)
         given[(module, where)] = value
+    example = _parse_point(_EXAMPLE[0])
+    others = {key: value for key, value in given.items() if not (key == example and as_shape(value) == _EXAMPLE[1])}
+    if set(given) == {_parse_point(p) for p in SD_SHAPE_POINTS} and is_blank(others):
+        return run_checks(*title, [lambda: stub_check(
+            "除了示例 conv_in output，其余位置都还是空的（None）。",
+            "every point but the example, conv_in output, is still empty (None).",
+            "不运行模型，按本章的规律逐个位置推出形状，写成整数元组，例如 (1, 320, 96, 96)。",
+            "Without running the model, work out each point's shape from what this chapter showed; "
+            "write it as a tuple of ints, e.g. (1, 320, 96, 96).")])
 
     def one(point):
         def step():
@@ -312,7 +313,7 @@ def check_shape_predictions(predictions) -> Feedback:
             what = (f"{point} 的形状", f"shape at {point}")
             if key not in given:
                 return Check(*what, False, hint_zh="还没有预测这个位置。", hint_en="No prediction for this point yet.")
-            got = _as_shape(given[key])
+            got = as_shape(given[key])
             if got is None:
                 return Check(*what, False,
                              detail_zh=f"收到 {given[key]!r}", detail_en=f"got {given[key]!r}",
@@ -338,20 +339,33 @@ def _check_configs():
     return [SD15, SDXL, TINY, TINY.replace(name="tiny, layers_per_block=1", layers_per_block=1)]
 
 
+@exercise(2, "2.C", "练习 2.C 每个上采样 ResNet 拼接的通道数", "Exercise 2.C: the channels each up-block ResNet concatenates")
 def check_skip_channels(fn: Callable) -> Feedback:
     """Check ``fn(config) -> [[(hidden, skip), ...] per up block]`` against the traced model.
 
     ``fn`` gets a ``UNetConfig`` and returns one list per up block, with one ``(hidden, skip)``
-    pair per ResNet of that block (``layers_per_block + 1`` of them).
+    pair per ResNet of that block (``layers_per_block + 1`` of them). A function that returns a
+    blank value for SD 1.5 (the notebook's stub ``return []``) or raises ``NotImplementedError`` is
+    "not attempted yet".
     """
     title = ("练习 2.C 每个上采样 ResNet 拼接的通道数", "Exercise 2.C: the channels each up-block ResNet concatenates")
     if not callable(fn):
-        return run_checks(*title, [lambda: Check(
-            "答案是一个函数 fn(config)", "the answer is a function fn(config)", False,
-            detail_zh=f"收到 {type(fn).__name__}", detail_en=f"got a {type(fn).__name__}",
-            hint_zh="传入函数本身，不要调用它：check_skip_channels(skip_channels)。",
-            hint_en="Pass the function itself, don't call it: check_skip_channels(skip_channels).",
-        )])
+        return run_checks(*title, [lambda: function_check(fn, "check_skip_channels(skip_channels)",
+                                                          ("答案是一个函数 fn(config)", "the answer is a function fn(config)"))])
+    first = call_answer(fn, _check_configs()[0])
+    if first.not_implemented:
+        return run_checks(*title, [lambda: stub_check(
+            "skip_channels(config) 抛出 NotImplementedError。", "skip_channels(config) raises NotImplementedError.",
+            "你的函数抛出了 NotImplementedError：它还没写，把这一行换成你的代码。",
+            "Your function raised NotImplementedError: it is not written yet; replace that line with your code.")])
+    if first.blank:
+        shown = repr(first.value)
+        return run_checks(*title, [lambda: stub_check(
+            f"skip_channels(SD 1.5 的配置) 返回 {shown}。", f"skip_channels(SD 1.5's config) returns {shown}.",
+            "上采样块的个数 = 下采样块的个数；每个上采样块有 layers_per_block + 1 个 ResNet。先列出下采样路径依次存下的跳跃连接"
+            "（通道数），再为每个上采样 ResNet 从尾部弹出一个。",
+            "There are as many up blocks as down blocks; each up block has layers_per_block + 1 ResNets. List the skips "
+            "the down path saves (their channels), in order, then pop one from the end for every up-block ResNet.")])
 
     def one(config):
         def step():
@@ -399,9 +413,9 @@ def _skip_hint(got, want, config) -> tuple[str, str]:
         totals_ok = all(sum(a) == sum(b) for g, w in zip(got, want) for a, b in zip(g, w))
         seed_style = all(a[0] == a[1] for g in got for a in g)
         if seed_style:
-            return ("跳跃连接的通道数不总等于 hidden 的通道数 (种子 000 表格的简化)。把下采样路径上每个被收集的张量"
+            return ("跳跃连接的通道数不总等于 hidden 的通道数 (学习笔记 000 表格的简化)。把下采样路径上每个被收集的张量"
                     "按顺序列出来，再从尾部往前弹出。",
-                    "A skip does not always have the hidden state's channels (the simplification in seed 000's table). "
+                    "A skip does not always have the hidden state's channels (the simplification in study note 000's table). "
                     "List every tensor the down path collects, in order, then pop from the end.")
         if hiddens_ok and not totals_ok:
             return ("hidden 对了，跳跃连接不对：跳跃连接是 conv_in 的输出、每个下采样 ResNet (及其 Transformer) 的输出、"

@@ -1,4 +1,4 @@
-"""Chapter 3 homework: seed 003's "skip-connection experiment", checked on the learner's own numbers.
+"""Chapter 3 homework: study note 003's "skip-connection experiment", checked on the learner's own numbers.
 
 The learner noises the first ``HOMEWORK_IMAGES`` held-out shapes images to each step in
 ``HOMEWORK_TIMESTEPS`` (noise: ``fixed_noise(x0.shape, HOMEWORK_NOISE_SEED)``), lets both shipped
@@ -15,12 +15,14 @@ tolerance of 0.05 dB. For the usual slips it says what went wrong: PSNR with ran
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 import torch.nn.functional as F
 
+from .answers import as_number, close_values
+from .exercises import exercise
 from .feedback import Check, run_checks
+from .stubs import is_blank, stub_check
 
 __all__ = ["check_psnr_table", "reference_psnr_table", "homework_images", "HOMEWORK_TIMESTEPS",
            "HOMEWORK_IMAGES", "HOMEWORK_NOISE_SEED"]
@@ -79,31 +81,27 @@ def reference_psnr_table(models: dict | None = None) -> dict[str, dict[int, floa
     return _variants(models or _load_models())["reference"]
 
 
-def _close(a: dict, b: dict, tol: float) -> bool:
-    return all(abs(float(a[t]) - b[t]) <= tol for t in b)
-
-
 def _diagnose(given: dict, variants: dict, row: str) -> tuple[str, str]:
     """A hint (zh, en) naming the slip that explains the learner's row, if one does."""
     other = "noskips" if row == "skips" else "skips"
-    if _close(given, variants["reference"][other], TOLERANCE_DB):
+    if close_values(given, variants["reference"][other], TOLERANCE_DB):
         return ("这一行是另一个模型的结果：'skips' 和 'noskips' 两行对调了。",
                 "These are the other model's numbers: the 'skips' and 'noskips' rows are swapped.")
-    if _close(given, variants["range1"][row], TOLERANCE_DB):
+    if close_values(given, variants["range1"][row], TOLERANCE_DB):
         return ("每个值都比正确值低约 6.02 dB：图像在 [-1, 1]，峰峰值范围是 2，PSNR = 10·log10(2²/MSE)；"
                 "或者先把两张图都映射到 [0, 1] 再用范围 1。",
                 "Every value is about 6.02 dB too low: the images are in [-1, 1], so the range is 2 and "
                 "PSNR = 10·log10(2²/MSE); or map both images to [0, 1] first and use range 1.")
-    if _close(given, variants["unit_range2"][row], TOLERANCE_DB):
+    if close_values(given, variants["unit_range2"][row], TOLERANCE_DB):
         return ("每个值都比正确值高约 6.02 dB：把图像映射到 [0, 1] 后范围就是 1，不是 2。",
                 "Every value is about 6.02 dB too high: after mapping the images to [0, 1] the range is 1, not 2.")
-    if _close(given, variants["mse"][row], 1e-4 + 1e-3 * max(variants["mse"][row].values())):
+    if close_values(given, variants["mse"][row], 1e-4 + 1e-3 * max(variants["mse"][row].values())):
         return ("这些是 MSE，不是 PSNR：PSNR = 10·log10(范围² / MSE)，单位是 dB，数值越大越好。",
                 "These are MSE values, not PSNR: PSNR = 10·log10(range² / MSE), in dB, higher is better.")
-    if _close(given, variants["per_image"][row], TOLERANCE_DB):
+    if close_values(given, variants["per_image"][row], TOLERANCE_DB):
         return ("你对每张图分别算 PSNR 再取平均；本题要求先对整批图像求 MSE 平均，再算一次 PSNR。",
                 "You averaged a PSNR per image; this exercise takes the MSE over the whole batch first, then one PSNR.")
-    if _close(given, variants["unclamped"][row], TOLERANCE_DB):
+    if close_values(given, variants["unclamped"][row], TOLERANCE_DB):
         return ("算 PSNR 前先把预测的干净图像裁剪到 [-1, 1]（.clamp(-1, 1)）：超出范围的值肯定是错的。",
                 "Clamp the predicted clean image to [-1, 1] (.clamp(-1, 1)) before the PSNR: values outside are surely wrong.")
     return ("按题目的步骤重做：held-out 的前 32 张图，fixed_noise(x0.shape, 0) 作为噪声，"
@@ -112,20 +110,29 @@ def _diagnose(given: dict, variants: dict, row: str) -> tuple[str, str]:
             "x_t = add_noise(x0, noise, t), x0_hat = predict_x0(x_t, model(x_t, t), t).clamp(-1, 1), PSNR with range 2.")
 
 
-def _as_float(value) -> float | None:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, Real):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+def _is_stub(table) -> bool:
+    """The notebook's stub: both rows, every timestep, every value still blank (``None``)."""
+    return (isinstance(table, dict) and set(table) == set(ROWS)
+            and all(isinstance(table[row], dict) and sorted(table[row]) == list(HOMEWORK_TIMESTEPS) for row in ROWS)
+            and is_blank(table))
 
 
+_TITLE = ("第 3 章作业：跳跃连接实验", "Chapter 3 homework: the skip-connection experiment")
+
+
+@exercise(3, "3.1", *_TITLE)
 def check_psnr_table(table, models: dict | None = None):
     """Check the learner's PSNR table ``{"skips": {t: dB}, "noskips": {t: dB}}``; returns ``Feedback``.
 
     ``models`` (``{"skips": model, "noskips": model}``) defaults to the shipped checkpoints.
+    The notebook's stub (every value still ``None``) is "not attempted yet".
     """
+    if _is_stub(table):
+        return run_checks(*_TITLE, [lambda: stub_check(
+            "表格里每个值都还是 None。", "every value of the table is still None.",
+            "按上面的步骤算出每个 PSNR：每个值是一个 float（dB），例如 psnr(...).item()；不要留 None。",
+            "Compute every PSNR as described above: each value is one float (dB), e.g. psnr(...).item(); "
+            "do not leave None.")])
     state: dict = {}
 
     def structure() -> Check:
@@ -141,7 +148,7 @@ def check_psnr_table(table, models: dict | None = None):
                 got = sorted(inner) if isinstance(inner, dict) else type(inner).__name__
                 return Check(*what, False, f"'{row}' 的键是 {got}", f"'{row}' has keys {got}",
                              f"每一行的键必须恰好是 {ts}（整数）。", f"Each row's keys must be exactly {ts} (ints).")
-            bad = [t for t in ts if _as_float(inner[t]) is None]
+            bad = [t for t in ts if as_number(inner[t]) is None]
             if bad:
                 return Check(*what, False, f"'{row}' 在 t={bad} 处不是有限的数字", f"'{row}' is not a finite number at t={bad}",
                              "每个值是一个 float（dB），例如 psnr(...).item()；不要留 None。",
@@ -158,9 +165,9 @@ def check_psnr_table(table, models: dict | None = None):
             if "variants" not in state:
                 state["variants"] = _variants(models or _load_models())
             variants = state["variants"]
-            given = {t: _as_float(table[row][t]) for t in HOMEWORK_TIMESTEPS}
+            given = {t: as_number(table[row][t]) for t in HOMEWORK_TIMESTEPS}
             ref = variants["reference"][row]
-            if _close(given, ref, TOLERANCE_DB):
+            if close_values(given, ref, TOLERANCE_DB):
                 shown = ", ".join(f"t={t}: {ref[t]:.2f}" for t in HOMEWORK_TIMESTEPS)
                 return Check(*what, True, f"重新计算（dB）：{shown}", f"recomputed (dB): {shown}")
             worst = max(HOMEWORK_TIMESTEPS, key=lambda t: abs(given[t] - ref[t]))
@@ -170,5 +177,4 @@ def check_psnr_table(table, models: dict | None = None):
         check.__name__ = f"row_{row}"
         return check
 
-    return run_checks("第 3 章作业：跳跃连接实验", "Chapter 3 homework: the skip-connection experiment",
-                      [structure, row_check("skips"), row_check("noskips")])
+    return run_checks(*_TITLE, [structure, row_check("skips"), row_check("noskips")])

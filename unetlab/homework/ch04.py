@@ -1,4 +1,4 @@
-"""Chapter 4 homework: timestep embeddings (seed 003's "visualise the embedding at different
+"""Chapter 4 homework: timestep embeddings (study note 003's "visualise the embedding at different
 timesteps and describe the pattern", made checkable).
 
 * :func:`check_embedding` — the learner writes Stable Diffusion's sinusoidal embedding
@@ -22,7 +22,10 @@ from typing import Callable
 import torch
 
 from ..embeddings import sinusoidal_embedding
-from .feedback import Check, Feedback, describe_exception, run_checks
+from .answers import as_bool, function_check
+from .exercises import exercise
+from .feedback import Check, Feedback, describe_exception, run_checks, run_gated
+from .stubs import is_blank
 
 __all__ = ["check_embedding", "check_similarity_matrix", "check_pattern_answers", "PATTERN_STATEMENTS"]
 
@@ -41,16 +44,16 @@ def _sd(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 # (name, flip, shift) of the variants a learner most often writes instead of SD's
 _VARIANTS = {
-    "seed003": (False, 1.0),  # seed 003's TimeEmbedding: [sin | cos], i / (half - 1)
+    "seed003": (False, 1.0),  # study note 003's TimeEmbedding: [sin | cos], i / (half - 1)
     "no_flip": (False, 0.0),  # right frequencies, [sin | cos] order
     "shift1": (True, 1.0),  # right order, i / (half - 1)
 }
 
 _VARIANT_HINTS = {
     "seed003": (
-        "这是种子 003 的公式（先 sin 后 cos，指数除以 half − 1）。SD 用 flip_sin_to_cos=True（先 cos 后 sin）"
+        "这是学习笔记 003 的公式（先 sin 后 cos，指数除以 half − 1）。SD 用 flip_sin_to_cos=True（先 cos 后 sin）"
         "和 downscale_freq_shift=0（指数除以 half）。",
-        "This is seed 003's formula ([sin | cos], exponent divided by half − 1). SD uses "
+        "This is study note 003's formula ([sin | cos], exponent divided by half − 1). SD uses "
         "flip_sin_to_cos=True ([cos | sin]) and downscale_freq_shift=0 (divide by half).",
     ),
     "no_flip": (
@@ -87,11 +90,13 @@ def _first_mismatch(x: torch.Tensor, ref: torch.Tensor, t: torch.Tensor) -> tupl
     return zh, en
 
 
+@exercise(4, "4.1", "练习 4.1：SD 的正弦时间步嵌入", "Exercise 4.1: SD's sinusoidal timestep embedding")
 def check_embedding(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Feedback:
     """Check ``fn(timesteps, dim)`` against SD's sinusoidal embedding.
 
     ``timesteps`` is a ``(B,)`` tensor (int64, and once float32 with a fractional value), ``dim``
     is even; ``fn`` must return a float32 tensor ``(B, dim)`` laid out as ``[cos | sin]``.
+    A function that raises ``NotImplementedError`` (the notebook's stub) is "not attempted yet".
     """
     outputs: dict[str, object] = {}
 
@@ -103,12 +108,7 @@ def check_embedding(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Feedback
 
     def runs():
         if not callable(fn):
-            return Check(
-                "答案是一个函数", "the answer is a function", False,
-                detail_zh=f"收到的是 {type(fn).__name__}。", detail_en=f"got a {type(fn).__name__}.",
-                hint_zh="传入函数本身：check_embedding(my_embedding)，不要加括号。",
-                hint_en="Pass the function itself: check_embedding(my_embedding), without calling it.",
-            )
+            return function_check(fn, "check_embedding(my_embedding)")
         try:
             out = call(_CHECK_TIMESTEPS, 320)
         except NotImplementedError:
@@ -117,6 +117,7 @@ def check_embedding(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Feedback
                 detail_zh="函数抛出了 NotImplementedError。", detail_en="the function raised NotImplementedError.",
                 hint_zh="把 raise NotImplementedError 换成你的实现。",
                 hint_en="Replace raise NotImplementedError with your implementation.",
+                stub=True,  # the notebook's stub
             )
         except Exception as exc:
             return Check(
@@ -206,19 +207,7 @@ def check_embedding(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Feedback
 
     title = ("练习 4.1：SD 的正弦时间步嵌入", "Exercise 4.1: SD's sinusoidal timestep embedding")
     rest = [values(d) for d in _CHECK_DIMS] + [fractional_float_timesteps]
-    return _run_gated(*title, gates=[runs, output_type_shape_dtype], rest=rest)
-
-
-def _run_gated(title_zh: str, title_en: str, gates: list, rest: list) -> Feedback:
-    """Run ``gates`` in order and stop at the first that fails (later checks would only repeat
-    its complaint); when all pass, run ``rest``."""
-    fb = Feedback(title_zh, title_en)
-    for step in gates:
-        fb.checks.extend(run_checks(title_zh, title_en, [step]).checks)
-        if not fb.checks[-1].passed:
-            return fb
-    fb.checks.extend(run_checks(title_zh, title_en, rest).checks)
-    return fb
+    return run_gated(*title, gates=[runs, output_type_shape_dtype], rest=rest)
 
 
 def _cosine_similarity(emb: torch.Tensor) -> torch.Tensor:
@@ -234,13 +223,23 @@ def _as_timesteps(timesteps) -> torch.Tensor:
     return t
 
 
+@exercise(4, "4.2", "练习 4.2：时间步之间的余弦相似度矩阵", "Exercise 4.2: cosine-similarity matrix between timesteps")
 def check_similarity_matrix(sim, timesteps, dim: int = 320) -> Feedback:
     """Check a cosine-similarity matrix ``sim[a, b] = cos(e(t_a), e(t_b))`` of SD's embedding.
 
     ``timesteps`` are the ``N`` timesteps the learner embedded (list or ``(N,)`` tensor), ``dim``
-    the embedding width they used; ``sim`` must be ``(N, N)``.
+    the embedding width they used; ``sim`` must be ``(N, N)``. A blank ``sim`` (the notebook's stub
+    ``hw_sim = None``) is "not attempted yet".
     """
     title = ("练习 4.2：时间步之间的余弦相似度矩阵", "Exercise 4.2: cosine-similarity matrix between timesteps")
+    if is_blank(sim):
+        shown = "None" if sim is None else repr(sim)
+        return run_checks(*title, [lambda: Check(
+            "sim 是 (N, N) 张量", "sim is an (N, N) tensor", False, detail_zh=f"sim 还是 {shown}。",
+            detail_en=f"sim is still {shown}.",
+            hint_zh="把相似度矩阵算出来并赋值给 sim。", hint_en="Compute the similarity matrix and assign it to sim.",
+            stub=True,
+        )])
     try:
         t = _as_timesteps(timesteps)
     except Exception as exc:
@@ -261,11 +260,6 @@ def check_similarity_matrix(sim, timesteps, dim: int = 320) -> Feedback:
     state: dict[str, torch.Tensor] = {}
 
     def is_square_tensor():
-        if sim is None:
-            return Check(
-                "sim 是 (N, N) 张量", "sim is an (N, N) tensor", False, detail_zh="sim 是 None。", detail_en="sim is None.",
-                hint_zh="把相似度矩阵算出来并赋值给 sim。", hint_en="Compute the similarity matrix and assign it to sim.",
-            )
         try:
             s = torch.as_tensor(sim.detach() if isinstance(sim, torch.Tensor) else sim, dtype=torch.float32)
         except Exception as exc:
@@ -334,8 +328,8 @@ def check_similarity_matrix(sim, timesteps, dim: int = 320) -> Feedback:
         else:
             seed_sim = _cosine_similarity(sinusoidal_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=1))
             if torch.allclose(s, seed_sim, atol=1e-3):
-                hint = ("这是种子 003 公式的相似度（除以 half − 1）。用 SD 的 downscale_freq_shift=0。",
-                        "This is the similarity of seed 003's formula (divides by half − 1). Use SD's downscale_freq_shift=0.")
+                hint = ("这是学习笔记 003 公式的相似度（除以 half − 1）。用 SD 的 downscale_freq_shift=0。",
+                        "This is the similarity of study note 003's formula (divides by half − 1). Use SD's downscale_freq_shift=0.")
             else:
                 for other in {64, 128, 256, 320} - {dim}:
                     if torch.allclose(s, _cosine_similarity(_sd(t, other)), atol=1e-3):
@@ -348,7 +342,7 @@ def check_similarity_matrix(sim, timesteps, dim: int = 320) -> Feedback:
             hint_zh=hint[0], hint_en=hint[1],
         )
 
-    return _run_gated(*title, gates=[is_square_tensor], rest=[diagonal_is_one, symmetric, matches_reference])
+    return run_gated(*title, gates=[is_square_tensor], rest=[diagonal_is_one, symmetric, matches_reference])
 
 
 # statement key -> (中文, English); whether each holds is computed by _pattern_truths, not stored
@@ -378,8 +372,8 @@ PATTERN_STATEMENTS: dict[str, tuple[str, str]] = {
         "Within the cos half and the sin half, low-index dimensions change faster with t than high-index ones.",
     ),
     "same_as_seed003": (
-        "SD 的嵌入与种子 003 的嵌入对每个 t 都相同。",
-        "SD's embedding and seed 003's embedding are the same for every t.",
+        "SD 的嵌入与学习笔记 003 的嵌入对每个 t 都相同。",
+        "SD's embedding and study note 003's embedding are the same for every t.",
     ),
 }
 
@@ -464,21 +458,13 @@ def _pattern_truths(dim: int = 320, num_timesteps: int = 1000) -> dict[str, tupl
     return out
 
 
-def _as_bool(answer):
-    """A computed answer counts as a bool too: ``np.True_`` or a one-element bool tensor such as
-    ``(sim > 0.9).all()``. Anything else (``"True"``, 1, None) is returned unchanged."""
-    if isinstance(answer, torch.Tensor) and answer.dtype == torch.bool and answer.numel() == 1:
-        return bool(answer.item())
-    if type(answer).__module__ == "numpy" and getattr(answer, "dtype", None) == bool and getattr(answer, "ndim", 1) == 0:
-        return bool(answer)
-    return answer
-
-
+@exercise(4, "4.3", "练习 4.3：描述嵌入随时间步变化的规律", "Exercise 4.3: describe how the embedding changes with t")
 def check_pattern_answers(answers) -> Feedback:
     """Check True/False answers ``{key: bool}`` to :data:`PATTERN_STATEMENTS`.
 
     The truth of every statement is computed here from SD's 320-dim embedding on t = 0 … 999;
-    each answer gets the evidence, right or wrong.
+    each answer gets the evidence, right or wrong. A blank dict (the notebook's stub: every answer
+    ``None``) is "not attempted yet": each statement says "not answered yet", no verdict given away.
     """
     title = ("练习 4.3：描述嵌入随时间步变化的规律", "Exercise 4.3: describe how the embedding changes with t")
     if not isinstance(answers, dict):
@@ -491,6 +477,7 @@ def check_pattern_answers(answers) -> Feedback:
     truths = _pattern_truths()
     steps = []
     unknown = sorted(set(map(str, answers)) - set(PATTERN_STATEMENTS))
+    stub = not unknown and is_blank(answers)
     if unknown:
         steps.append(lambda: Check(
             "只回答列出的陈述", "only the listed statements are answered", False,
@@ -500,13 +487,14 @@ def check_pattern_answers(answers) -> Feedback:
     for key, (zh, en) in PATTERN_STATEMENTS.items():
         def step(key=key, zh=zh, en=en):
             holds, ev_zh, ev_en = truths[key]
-            answer = _as_bool(answers.get(key))
+            answer = as_bool(answers.get(key))
             what = (f"[{key}] {zh}", f"[{key}] {en}")
             if answer is None:
                 return Check(
                     *what, False, detail_zh="还没有回答（None）。", detail_en="not answered yet (None).",
                     hint_zh="填 True 或 False，可以先用上面的图和数字验证。",
                     hint_en="Fill in True or False; check it against the figures and numbers above first.",
+                    stub=stub,
                 )
             if not isinstance(answer, bool):
                 # "True", 1 or a tensor are not accepted as answers: say what was given, not "unanswered"

@@ -1,4 +1,4 @@
-"""Chapter 5 homework: seed 003's "implement self-attention and visualise its attention map", made checkable.
+"""Chapter 5 homework: study note 003's "implement self-attention and visualise its attention map", made checkable.
 
 * :func:`check_self_attention` — the learner writes single-head self-attention
   ``fn(x, w_q, w_k, w_v) -> (out, weights)`` on tokens ``x`` ``(B, N, C)``:
@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .answers import function_check, tensors_close
+from .exercises import exercise
 from .feedback import Check, Feedback, describe_exception, run_checks
 
 __all__ = ["check_self_attention", "check_attention_map", "reference_self_attention", "reference_attention_map"]
@@ -95,9 +97,9 @@ def _weight_slips(x, w_q, w_k):
         ),
         "scale_C": (
             _scores(q, k, 1 / math.sqrt(C)).softmax(-1),
-            "除以了 √C（输入通道数），应除以 √d，d 是 q、k 的宽度（w_q.shape[1]）。种子 003 里两者相等，这里不相等。",
+            "除以了 √C（输入通道数），应除以 √d，d 是 q、k 的宽度（w_q.shape[1]）。学习笔记 003 里两者相等，这里不相等。",
             "You divided by √C (the input width); divide by √d, the width of q and k (w_q.shape[1]). "
-            "They are equal in seed 003, not here.",
+            "They are equal in study note 003, not here.",
         ),
         "wrong_axis": (
             _scores(q, k, right).softmax(-2),
@@ -123,36 +125,16 @@ def _weight_slips(x, w_q, w_k):
 
 
 def _close(a, b) -> bool:
-    return isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=_ATOL, rtol=1e-4)
+    return tensors_close(a, b, atol=_ATOL, rtol=1e-4)
 
 
-def _run_in_order(title_zh: str, title_en: str, steps) -> Feedback:
-    """``run_checks`` that stops at the first failed check: the later checks assume the earlier
-    ones pass (a missing return value would make every later check fail for the same reason)."""
-    state = {"failed": False}
-
-    def gate(step):
-        def wrapped():
-            if state["failed"]:
-                return None
-            try:
-                check = step()
-            except Exception:
-                state["failed"] = True
-                raise
-            state["failed"] = not check.passed
-            return check
-
-        wrapped.__name__ = step.__name__
-        return wrapped
-
-    fb = run_checks(title_zh, title_en, [gate(s) for s in steps])
-    fb.checks = [c for c in fb.checks if c is not None]
-    return fb
-
-
+@exercise(5, "5.1", "自注意力", "Self-attention")
 def check_self_attention(fn_or_module) -> Feedback:
-    """Check single-head self-attention (see the module docstring for the contract)."""
+    """Check single-head self-attention (see the module docstring for the contract).
+
+    A function that raises ``NotImplementedError`` (the notebook's stub) is "not attempted yet".
+    The checks run in order and stop at the first failure: the later ones assume the earlier pass.
+    """
     is_module = isinstance(fn_or_module, nn.Module)
     results: dict[int, object] = {}
 
@@ -185,12 +167,8 @@ def check_self_attention(fn_or_module) -> Feedback:
     def runs():
         what = ("函数可以运行", "the function runs")
         if not callable(fn_or_module):
-            return Check(
-                "答案是一个函数或模块", "the answer is a function or a module", False,
-                detail_zh=f"收到的是 {type(fn_or_module).__name__}。", detail_en=f"got an object of type {type(fn_or_module).__name__}.",
-                hint_zh="传入函数本身：check_self_attention(self_attention)，不要加括号。",
-                hint_en="Pass the function itself: check_self_attention(self_attention), without calling it.",
-            )
+            return function_check(fn_or_module, "check_self_attention(self_attention)",
+                                  ("答案是一个函数或模块", "the answer is a function or a module"))
         if is_module and not all(isinstance(getattr(fn_or_module, n, None), nn.Linear) for n in ("to_q", "to_k", "to_v")):
             return Check(
                 "模块有 to_q、to_k、to_v", "the module has to_q, to_k, to_v", False,
@@ -207,6 +185,7 @@ def check_self_attention(fn_or_module) -> Feedback:
                 detail_zh="函数抛出了 NotImplementedError。", detail_en="the function raised NotImplementedError.",
                 hint_zh="把 raise NotImplementedError 换成你的实现：q、k、v → 分数 → softmax → 加权求和。",
                 hint_en="Replace raise NotImplementedError with your implementation: q, k, v -> scores -> softmax -> weighted sum.",
+                stub=True,  # the notebook's stub
             )
         except Exception as exc:
             return Check(
@@ -327,7 +306,7 @@ def check_self_attention(fn_or_module) -> Feedback:
         )
 
     steps = [runs, returns_pair, weights_shape_and_rows, weights_values, output_values, no_input_change]
-    return _run_in_order("自注意力", "Self-attention", steps)
+    return run_checks("自注意力", "Self-attention", steps, stop_at_failure=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,11 +322,13 @@ def _map_weights() -> torch.Tensor:
     return torch.randn(n, n, generator=g).mul(2).softmax(-1)
 
 
+@exercise(5, "5.2", "单个查询像素的注意力图", "One query pixel's attention map")
 def check_attention_map(fn: Callable) -> Feedback:
     """Check ``fn(weights, (y, x), (h, w)) -> (h, w)``: the attention of query pixel ``(y, x)``.
 
     ``weights`` is ``(N, N)`` with ``N = h·w`` (rows = queries, columns = keys, pixels flattened
-    row-major as ``reshape`` does: index ``y·w + x``). Checked on a 3×5 grid (h ≠ w).
+    row-major as ``reshape`` does: index ``y·w + x``). Checked on a 3×5 grid (h ≠ w). A function
+    that raises ``NotImplementedError`` (the notebook's stub) is "not attempted yet".
     """
     weights = _map_weights()
     h, w = _MAP_SIZE
@@ -358,17 +339,14 @@ def check_attention_map(fn: Callable) -> Feedback:
     def runs():
         what = ("函数可以运行", "the function runs")
         if not callable(fn):
-            return Check(
-                "答案是一个函数", "the answer is a function", False,
-                detail_zh=f"收到的是 {type(fn).__name__}。", detail_en=f"got an object of type {type(fn).__name__}.",
-                hint_zh="传入函数本身：check_attention_map(attention_map)。", hint_en="Pass the function itself: check_attention_map(attention_map).",
-            )
+            return function_check(fn, "check_attention_map(attention_map)")
         try:
             call(_MAP_QUERIES[0])
         except NotImplementedError:
             return Check(
                 *what, False, detail_zh="函数抛出了 NotImplementedError。", detail_en="the function raised NotImplementedError.",
                 hint_zh="取出查询像素那一行，再 reshape 成 (h, w)。", hint_en="Take the query pixel's row, then reshape it to (h, w).",
+                stub=True,  # the notebook's stub
             )
         except Exception as exc:
             return Check(
@@ -429,6 +407,5 @@ def check_attention_map(fn: Callable) -> Feedback:
             hint_en="Do not normalise or softmax the map: one row of attention already sums to 1.",
         )
 
-    return _run_in_order(
-        "单个查询像素的注意力图", "One query pixel's attention map", [runs, shape, values, sums_to_one]
-    )
+    return run_checks("单个查询像素的注意力图", "One query pixel's attention map", [runs, shape, values, sums_to_one],
+                      stop_at_failure=True)

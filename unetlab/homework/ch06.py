@@ -1,14 +1,17 @@
 """Chapter 6 homework: the two lines of the denoising loop that do the work.
 
 * :func:`check_guidance` — the learner writes classifier-free guidance
-  ``fn(eps_uncond, eps_text, guidance_scale) -> eps`` (seed 002's
+  ``fn(eps_uncond, eps_text, guidance_scale) -> eps`` (study note 002's
   ``noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)``), including a clear
   ``ValueError`` for a scale < 0. Hints for the usual slips: the halves swapped, guiding from the text
-  prediction instead of the unconditional one, a missing bracket.
+  prediction instead of the unconditional one, a missing bracket. The notebook's stub,
+  ``return eps_text``, is "not attempted yet" (recognised by its output: ``eps_text`` whatever the scale).
 * :func:`check_ddim_step` — the learner writes one deterministic DDIM step
   ``fn(x_t, eps, alpha_bar_t, alpha_bar_prev) -> x_prev``; compared with
   :func:`unetlab.samplers.ddim_step` (``eta = 0``) on SD's schedule. Hints: using ``alpha`` instead of
-  its square root, forgetting to re-add the noise direction, using ``alpha_bar_t`` twice.
+  its square root, forgetting to re-add the noise direction, the two ``alpha_bar`` swapped. The
+  notebook's stub, ``return x_t``, is "not attempted yet" (so is ``alpha_bar_t`` used twice, which
+  gives ``x_t`` back exactly: the hint says so).
 
 Every checker returns a :class:`~unetlab.homework.feedback.Feedback` and never raises because of the answer.
 """
@@ -20,7 +23,10 @@ import torch
 
 from ..samplers import ddim_step
 from ..schedule import NoiseSchedule
+from .answers import function_check, tensors_close
+from .exercises import exercise
 from .feedback import Check, Feedback, describe_exception, run_checks
+from .stubs import call_answer, returns_unchanged, stub_check
 
 __all__ = ["check_guidance", "check_ddim_step", "reference_guidance", "reference_ddim_step"]
 
@@ -78,14 +84,11 @@ _GUIDANCE_MISTAKES = {
         "The starting point is eps_uncond, not eps_text; only then does s = 1 give exactly the text prediction.",
     ),
     "no_brackets": (
+        # u + s·c − u is s·c: the text prediction scaled, whichever way it was written
         lambda u, c, s: u + s * c - u,
-        "少了括号：s 要乘的是差 (eps_text − eps_uncond)。",
-        "Missing brackets: s multiplies the difference (eps_text − eps_uncond).",
-    ),
-    "scaled_text": (
-        lambda u, c, s: s * c,
-        "只把文本预测放大了 s 倍；引导是沿着 (eps_text − eps_uncond) 的方向外推。",
-        "This only scales the text prediction; guidance extrapolates along (eps_text − eps_uncond).",
+        "少了括号：s 要乘的是差 (eps_text − eps_uncond)；现在的结果只是 s·eps_text，把文本预测放大了 s 倍。",
+        "Missing brackets: s multiplies the difference (eps_text − eps_uncond); as it is, the result is s·eps_text, "
+        "the text prediction scaled.",
     ),
 }
 
@@ -98,10 +101,10 @@ def _guidance_value_check(fn: Callable, scale: float) -> Check:
         return bad
     ref = reference_guidance(u, c, scale)
     what_zh, what_en = f"guidance_scale = {scale:g} 时结果正确", f"right result for guidance_scale = {scale:g}"
-    if torch.allclose(out, ref, atol=_ATOL):
+    if tensors_close(out, ref, atol=_ATOL):
         return Check(what_zh, what_en, True)
     for name, (wrong, hint_zh, hint_en) in _GUIDANCE_MISTAKES.items():
-        if torch.allclose(out, wrong(u, c, scale), atol=_ATOL):
+        if tensors_close(out, wrong(u, c, scale), atol=_ATOL):
             return Check(what_zh, what_en, False, hint_zh=hint_zh, hint_en=hint_en)
     err = float((out - ref).abs().max())
     return Check(what_zh, what_en, False, detail_zh=f"最大误差 {err:.3g}。", detail_en=f"largest error {err:.3g}.",
@@ -109,16 +112,50 @@ def _guidance_value_check(fn: Callable, scale: float) -> Check:
                  hint_en="Formula: eps_uncond + s·(eps_text − eps_uncond). s = 0 must give eps_uncond, s = 1 eps_text.")
 
 
+def _not_written(name: str, outcome) -> tuple[str, str]:
+    """The detail (zh, en) for a function that raises NotImplementedError or returns nothing."""
+    if outcome.not_implemented:
+        return f"{name} 抛出 NotImplementedError：还没有写。", f"{name} raises NotImplementedError: not written yet."
+    got = repr(outcome.value)
+    return (f"{name} 返回了 {got}：还没有写，或者少了 return。",
+            f"{name} returned {got}: not written yet, or the return is missing.")
+
+
+def _guidance_stub(fn: Callable) -> Check | None:
+    """A stub check when ``fn`` is the notebook's stub: it returns ``eps_text`` at s = 0 and at s = 3
+    (or nothing, or raises ``NotImplementedError``); else None."""
+    outcomes = []
+    for scale in (0.0, 3.0):
+        u, c = _inputs(int(scale * 10))
+        outcome = call_answer(fn, u.clone(), c.clone(), scale)
+        if outcome.not_implemented or outcome.blank:
+            return stub_check(*_not_written("my_guidance", outcome),
+                              "写出无分类器引导的公式，并 return 引导后的噪声预测。",
+                              "Write the classifier-free guidance formula and return the guided noise prediction.")
+        outcomes.append(returns_unchanged(outcome.value, c))
+    if all(outcomes):
+        return stub_check(
+            "无论 guidance_scale 是多少，my_guidance 都原样返回 eps_text：这还是练习给的样子。",
+            "my_guidance returns eps_text unchanged whatever guidance_scale is: that is still the exercise's stub.",
+            "用 guidance_scale 把两半组合起来：s = 0 应得到 eps_uncond，s = 1 得到 eps_text，s > 1 沿 (eps_text − eps_uncond) "
+            "的方向走得更远。",
+            "Combine the two halves with guidance_scale: s = 0 must give eps_uncond, s = 1 eps_text, and s > 1 goes "
+            "further along (eps_text − eps_uncond).")
+    return None
+
+
+@exercise(6, "6.1", "无分类器引导", "Classifier-free guidance")
 def check_guidance(fn: Callable) -> Feedback:
-    """Check ``fn(eps_uncond, eps_text, guidance_scale) -> eps`` against classifier-free guidance."""
+    """Check ``fn(eps_uncond, eps_text, guidance_scale) -> eps`` against classifier-free guidance.
 
-    def is_callable() -> Check:
-        ok = callable(fn)
-        return Check("提交的是函数", "the answer is a function", ok,
-                     hint_zh="把你的函数本身传进来：check_guidance(my_guidance)，不要加括号调用它。",
-                     hint_en="Pass the function itself: check_guidance(my_guidance), without calling it.")
+    The notebook's stub ``return eps_text`` (``eps_text`` whatever the scale) is "not attempted yet".
+    """
+    if callable(fn):
+        stub = _guidance_stub(fn)
+        if stub is not None:
+            return run_checks("无分类器引导", "Classifier-free guidance", [lambda: stub])
 
-    steps = [is_callable]
+    steps = [lambda: function_check(fn, "check_guidance(my_guidance)", ("提交的是函数", "the answer is a function"))]
     if callable(fn):
         for scale in (0.0, 1.0, 3.0, 7.5):
             step = lambda s=scale: _guidance_value_check(fn, s)  # noqa: E731
@@ -162,22 +199,20 @@ _DDIM_MISTAKES = {
         "只缩放了 x0 估计，忘了加回噪声方向 √(1−ā_prev)·ε。",
         "Only the scaled x0 estimate: the noise direction √(1−ā_prev)·ε is missing.",
     ),
-    "same_alpha": (
-        lambda x, e, a, p: x,
-        "两处都用了 ā_t，结果原样返回了 x_t：第二步要用 ā_prev。",
-        "ā_t used in both places gives x_t back unchanged: the second part uses ā_prev.",
+    "swapped_alphas": (
+        lambda x, e, a, p: a.sqrt() * (x - (1 - p).sqrt() * e) / p.sqrt() + (1 - a).sqrt() * e,
+        "ā_t 和 ā_prev 用反了：先用 ā_t 从 x_t 估计 x0，再用 ā_prev 把它加噪到上一步。",
+        "ā_t and ā_prev are swapped: estimate x0 from x_t with ā_t, then noise it to the previous step with ā_prev.",
     ),
 }
 
 
 def _ddim_case(fn: Callable, t: int, prev_t: int) -> Check:
-    schedule = NoiseSchedule()
-    x_t, eps = _inputs(t)
-    a_t = schedule.alphas_cumprod[t]
-    # SD's DDIM (set_alpha_to_one=False): past the last step, alpha_bar_prev = alpha_bar_0
-    a_prev = schedule.alphas_cumprod[prev_t] if prev_t >= 0 else schedule.alphas_cumprod[0]
-    ref, _ = ddim_step(schedule, eps, t, x_t, prev_t, eta=0.0)
+    x_t, eps, a_t, a_prev = _ddim_case_inputs(t, prev_t)
+    ref, _ = ddim_step(NoiseSchedule(), eps, t, x_t, prev_t, eta=0.0)
     what_zh, what_en = f"DDIM 一步：t = {t} → {prev_t}", f"DDIM step t = {t} → {prev_t}"
+    if prev_t < 0:
+        what_zh, what_en = what_zh + "（最后一步：ā_prev = ā_0）", what_en + " (the last step: ā_prev = ā_0)"
     out = fn(x_t.clone(), eps.clone(), a_t.clone(), a_prev.clone())
     bad = _is_tensor_like(out, x_t)
     if bad is not None:
@@ -194,15 +229,49 @@ def _ddim_case(fn: Callable, t: int, prev_t: int) -> Check:
                  hint_en="Two lines: x0 = (x_t − √(1−ā_t)·ε)/√ā_t; x_prev = √ā_prev·x0 + √(1−ā_prev)·ε.")
 
 
+def _ddim_case_inputs(t: int, prev_t: int):
+    """``(x_t, eps, ā_t, ā_prev)`` of one case: SD's DDIM (set_alpha_to_one=False) uses ā_0 past the last step."""
+    schedule = NoiseSchedule()
+    x_t, eps = _inputs(t)
+    a_prev = schedule.alphas_cumprod[prev_t] if prev_t >= 0 else schedule.alphas_cumprod[0]
+    return x_t, eps, schedule.alphas_cumprod[t], a_prev
+
+
+def _ddim_stub(fn: Callable) -> Check | None:
+    """A stub check when ``fn`` returns ``x_t`` unchanged in every case (the notebook's ``return x_t``),
+    returns nothing or raises ``NotImplementedError``; else None."""
+    unchanged = []
+    for t, p in _DDIM_CASES:
+        x_t, eps, a_t, a_prev = _ddim_case_inputs(t, p)
+        outcome = call_answer(fn, x_t.clone(), eps.clone(), a_t.clone(), a_prev.clone())
+        if outcome.not_implemented or outcome.blank:
+            return stub_check(*_not_written("my_ddim_step", outcome),
+                              "两行：先由 x_t 和 ε 估计 x0，再用 ā_prev 把 x0 加噪到上一步，并 return 它。",
+                              "Two lines: estimate x0 from x_t and ε, then noise x0 to the previous step with ā_prev; "
+                              "return it.")
+        unchanged.append(returns_unchanged(outcome.value, x_t))
+    if all(unchanged):
+        return stub_check(
+            "my_ddim_step 原样返回 x_t：这还是练习给的样子。", "my_ddim_step returns x_t unchanged: that is still the exercise's stub.",
+            "两行：x0 = (x_t − √(1−ā_t)·ε)/√ā_t；x_prev = √ā_prev·x0 + √(1−ā_prev)·ε。如果你已经写了这两行："
+            "两处都用 ā_t 恰好会原样得到 x_t，第二行要用 ā_prev。",
+            "Two lines: x0 = (x_t − √(1−ā_t)·ε)/√ā_t; x_prev = √ā_prev·x0 + √(1−ā_prev)·ε. If you did write them: "
+            "ā_t in both lines gives x_t back exactly; the second line uses ā_prev.")
+    return None
+
+
+@exercise(6, "6.2", "一步 DDIM", "One DDIM step")
 def check_ddim_step(fn: Callable) -> Feedback:
-    """Check ``fn(x_t, eps, alpha_bar_t, alpha_bar_prev) -> x_prev`` against a deterministic DDIM step."""
+    """Check ``fn(x_t, eps, alpha_bar_t, alpha_bar_prev) -> x_prev`` against a deterministic DDIM step.
 
-    def is_callable() -> Check:
-        return Check("提交的是函数", "the answer is a function", callable(fn),
-                     hint_zh="把函数本身传进来：check_ddim_step(my_ddim_step)。",
-                     hint_en="Pass the function itself: check_ddim_step(my_ddim_step).")
+    The notebook's stub ``return x_t`` (``x_t`` back in every case) is "not attempted yet".
+    """
+    if callable(fn):
+        stub = _ddim_stub(fn)
+        if stub is not None:
+            return run_checks("一步 DDIM", "One DDIM step", [lambda: stub])
 
-    steps = [is_callable]
+    steps = [lambda: function_check(fn, "check_ddim_step(my_ddim_step)", ("提交的是函数", "the answer is a function"))]
     if callable(fn):
         for t, p in _DDIM_CASES:
             step = lambda t=t, p=p: _ddim_case(fn, t, p)  # noqa: E731

@@ -1,0 +1,238 @@
+"""Every checker answers the notebook's untouched stub with "还没有作答 | not attempted yet", never a diagnosis.
+
+``STUBS`` holds each exercise's stub exactly as its chapter notebook has it (the code the learner
+edits, then the call that checks it). ``test_stubs_are_the_notebooks`` fails when a notebook's stub
+changes, so that this table, and the checker's rule for recognising the stub
+(:mod:`unetlab.homework.stubs`), are looked at again. The reference answers and the typical wrong
+answers of each checker are in ``tests/test_homework_chNN.py``; the typical mistakes whose
+diagnosis changed with the stub rule (chapters 4 and 6) are tested here too.
+"""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from unetlab.homework import check_ddim_step, check_guidance, check_pattern_answers
+from unetlab.homework.ch04 import PATTERN_STATEMENTS, _pattern_truths
+from unetlab.homework.ch06 import reference_ddim_step, reference_guidance
+from unetlab.homework.exercises import EXERCISES
+from unetlab.homework.feedback import NOT_ATTEMPTED
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# checker name -> (notebook, the stub's code as in the notebook, the call that checks it)
+STUBS = {
+    "check_unet_shapes": ("01_simple_unet.ipynb", '''
+class MyUNet(nn.Module):
+    def __init__(self, in_channels=4, out_channels=4, base_channels=16):
+        super().__init__()
+        # TODO: time embedding, down path, bottleneck, up path with skips, output conv
+
+    def forward(self, x, timestep):
+        # TODO
+        raise NotImplementedError
+''', "check_unet_shapes(MyUNet)"),
+    "check_layer_shapes": ("01_simple_unet.ipynb", '''
+from unetlab.homework import check_layer_shapes
+from unetlab.homework.ch01 import SHAPE_POINTS
+
+predictions = {point: None for point in SHAPE_POINTS}  # TODO: e.g. predictions["time_embed output"] = (2, ...)
+''', "check_layer_shapes(predictions)"),
+    "check_param_shares": ("01_simple_unet.ipynb", '''
+shares = {}  # TODO
+''', "check_param_shares(shares)"),
+    "check_component_shares": ("02_sd_unet.ipynb", '''
+shares = {"clip": None, "vae": None, "unet": None}  # TODO: fractions computed from components.counts
+''', "check_component_shares(shares)"),
+    "check_shape_predictions": ("02_sd_unet.ipynb", '''
+from unetlab.homework import SD_SHAPE_POINTS, check_shape_predictions
+
+predictions = {point: None for point in SD_SHAPE_POINTS}  # TODO: a shape tuple for every point
+predictions["conv_in output"] = (1, 320, 96, 96)  # the first one, as an example
+''', "check_shape_predictions(predictions)"),
+    "check_skip_channels": ("02_sd_unet.ipynb", '''
+def skip_channels(config):
+    # TODO: list the skips the down path saves (channels), then pop them for every up-block ResNet
+    return []
+''', "check_skip_channels(skip_channels)"),
+    "check_psnr_table": ("03_skip_connections.ipynb", '''
+from unetlab.homework.ch03 import HOMEWORK_TIMESTEPS, homework_images
+
+def my_psnr_table(models):
+    hw_x0 = homework_images()
+    hw_noise = fixed_noise(hw_x0.shape, 0)
+    table = {}
+    for name, model in models.items():
+        table[name] = {}
+        for t in HOMEWORK_TIMESTEPS:
+            # TODO: noise hw_x0 to step t, estimate the clean image, clamp it, compute the PSNR (range 2)
+            table[name][t] = None
+    return table
+''', "check_psnr_table(my_psnr_table(models))"),
+    "check_embedding": ("04_timestep_embedding.ipynb", '''
+def my_timestep_embedding(t, dim):
+    # TODO: frequencies w_i = 10000 ** (-i / half), angles t * w_i, then [cos | sin]
+    raise NotImplementedError
+''', "check_embedding(my_timestep_embedding)"),
+    "check_similarity_matrix": ("04_timestep_embedding.ipynb", '''
+hw_timesteps = torch.arange(0, 1000, 25)
+hw_sim = None  # TODO: (N, 64) embeddings -> unit length -> (N, N) matrix of dot products
+''', "check_similarity_matrix(hw_sim, hw_timesteps, dim=64)"),
+    "check_pattern_answers": ("04_timestep_embedding.ipynb", '''
+answers = {key: None for key in PATTERN_STATEMENTS}  # TODO: True or False for each statement
+''', "check_pattern_answers(answers)"),
+    "check_self_attention": ("05_attention.ipynb", '''
+def self_attention(x, w_q, w_k, w_v):
+    """x: (B, N, C); w_q, w_k: (C, d); w_v: (C, d_v) -> (out (B, N, d_v), weights (B, N, N))."""
+    # 你的代码 | your code
+    raise NotImplementedError
+''', "check_self_attention(self_attention)"),
+    "check_attention_map": ("05_attention.ipynb", '''
+def attention_map(weights, query, size):
+    """weights: (N, N); query: (y, x); size: (h, w) -> the (h, w) attention map of pixel (y, x)."""
+    # 你的代码 | your code
+    raise NotImplementedError
+''', "check_attention_map(attention_map)"),
+    "check_guidance": ("06_denoising_loop.ipynb", '''
+def my_guidance(eps_uncond, eps_text, guidance_scale):
+    # TODO: 你的代码 | your code
+    return eps_text
+''', "check_guidance(my_guidance)"),
+    "check_ddim_step": ("06_denoising_loop.ipynb", '''
+def my_ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev):
+    # TODO: 你的代码 | your code
+    return x_t
+''', "check_ddim_step(my_ddim_step)"),
+}
+
+
+def _namespace() -> dict:
+    """What the notebooks have imported by the time their homework runs."""
+    import unetlab.homework as homework
+    from unetlab.schedule import fixed_noise
+
+    ns = {"torch": torch, "nn": nn, "fixed_noise": fixed_noise, "PATTERN_STATEMENTS": PATTERN_STATEMENTS,
+          # chapter 3's stub reads only the names of the models, never calls them
+          "models": {"skips": None, "noskips": None}}
+    ns.update({name: getattr(homework, name) for name in EXERCISES})
+    return ns
+
+
+def run_stub(name: str):
+    _, code, call = STUBS[name]
+    ns = _namespace()
+    exec(compile(code, f"<stub of {name}>", "exec"), ns)
+    return eval(call, ns)
+
+
+def test_every_checker_has_its_stub_here():
+    import unetlab.homework.report  # noqa: F401  (imports every chapter, which registers every checker)
+
+    assert set(STUBS) == set(EXERCISES), "add the stub of every new checker to STUBS"
+
+
+@pytest.mark.parametrize("name", sorted(STUBS))
+def test_the_untouched_stub_is_not_attempted(name):
+    fb = run_stub(name)
+    text = str(fb)
+    assert fb.status == NOT_ATTEMPTED and not fb.passed and not fb, text
+    assert "还没有作答" in text and "not attempted yet" in text, text
+    # nothing is diagnosed as wrong: no ❌ line, every check that is not passed is marked as still to do
+    assert "❌" not in text and "⏳" in text, text
+    stubs = [c for c in fb.checks if c.stub]
+    # the check that recognised the stub says what to do, in both languages
+    assert stubs and all(c.hint_en and c.hint_zh for c in stubs), text
+
+
+def _code_lines(text: str) -> list[str]:
+    # comments and blank lines do not matter; the code does
+    lines = [re.sub(r"\s+#.*$|^\s*#.*$", "", line).rstrip() for line in text.splitlines()]
+    return [line for line in lines if line.strip()]
+
+
+@pytest.mark.parametrize("name", sorted(STUBS))
+def test_stubs_are_the_notebooks(name):
+    notebook, code, call = STUBS[name]
+    cells = json.loads((ROOT / "notebooks" / notebook).read_text(encoding="utf-8"))["cells"]
+    want = _code_lines(code)
+    sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    found = [i for i, src in enumerate(sources) if "\n".join(want) in "\n".join(_code_lines(src))]
+    assert found, (f"{notebook} no longer has this stub of {name}; update STUBS and check that the checker "
+                   f"still answers the new stub with 'not attempted yet':\n{code}")
+    assert any(call in src for src in sources[found[0]:found[0] + 3]), f"{notebook}: {call} not found after the stub"
+
+
+# --- the stub rule does not swallow real attempts ------------------------------------------------------------
+
+
+def test_a_partly_filled_answer_is_an_attempt():
+    truths = {k: v[0] for k, v in _pattern_truths().items()}
+    partial = {key: None for key in PATTERN_STATEMENTS}
+    partial["same_norm"] = truths["same_norm"]
+    fb = check_pattern_answers(partial)
+    assert fb.attempted and fb.status == "failed"
+    assert sum(c.passed for c in fb.checks) == 1 and "❌" in str(fb)
+
+
+@pytest.mark.parametrize("statement, wrong, evidence", [
+    ("monotonic", True, "rises again"),
+    ("ends_orthogonal", True, "never reaches 0"),
+    ("same_as_seed003", True, "they differ by up to"),
+    ("neighbours_close", False, "the smallest sim(t, t+1)"),
+])
+def test_pattern_answers_typical_mistakes_get_the_evidence(statement, wrong, evidence):
+    answers = {k: v[0] for k, v in _pattern_truths().items()}
+    answers[statement] = wrong
+    fb = check_pattern_answers(answers)
+    assert fb.status == "failed" and [c.what_en.split("]")[0] for c in fb.failed()] == [f"[{statement}"]
+    assert evidence in fb.failed()[0].detail_en
+
+
+def _hints(fb) -> str:
+    return " ".join(c.hint_en for c in fb.failed())
+
+
+@pytest.mark.parametrize("answer, hint", [
+    (lambda u, c, s: c + s * (u - c), "halves are swapped"),
+    (lambda u, c, s: c + s * (c - u), "starting point is eps_uncond"),
+    (lambda u, c, s: u + s * c - u, "Missing brackets"),
+    (lambda u, c, s: s * c, "the text prediction scaled"),
+])
+def test_guidance_typical_mistakes_are_attempts_with_their_diagnosis(answer, hint):
+    fb = check_guidance(answer)
+    assert fb.status == "failed" and hint in _hints(fb), str(fb)
+
+
+def test_guidance_that_only_ignores_the_scale_differently_is_an_attempt():
+    # always the unconditional half: not the stub (which returns eps_text), an attempt that ignores s
+    fb = check_guidance(lambda u, c, s: u)
+    assert fb.status == "failed" and not any(c.stub for c in fb.checks)
+
+
+@pytest.mark.parametrize("answer, hint", [
+    (lambda x, e, a, p: p * ((x - (1 - a) * e) / a) + (1 - p) * e, "Square roots are missing"),
+    (lambda x, e, a, p: p.sqrt() * (x - (1 - a).sqrt() * e) / a.sqrt(), "noise direction"),
+    (lambda x, e, a, p: a.sqrt() * (x - (1 - p).sqrt() * e) / p.sqrt() + (1 - a).sqrt() * e, "are swapped"),
+])
+def test_ddim_typical_mistakes_are_attempts_with_their_diagnosis(answer, hint):
+    fb = check_ddim_step(answer)
+    assert fb.status == "failed" and hint in _hints(fb), str(fb)
+
+
+def test_ddim_with_alpha_bar_t_twice_is_told_apart_from_nothing_only_by_the_hint():
+    # ā_t in both lines gives x_t back: the same output as the stub, so the stub's hint names this case
+    def twice(x, e, a, p):
+        x0 = (x - (1 - a).sqrt() * e) / a.sqrt()
+        return a.sqrt() * x0 + (1 - a).sqrt() * e
+
+    fb = check_ddim_step(twice)
+    assert fb.status == NOT_ATTEMPTED and "ā_t in both lines gives x_t back" in _hints(fb)
+
+
+@pytest.mark.parametrize("checker, reference", [(check_guidance, reference_guidance), (check_ddim_step, reference_ddim_step)])
+def test_references_pass(checker, reference):
+    fb = checker(reference)
+    assert fb.status == "passed" and fb.passed, str(fb)

@@ -1,0 +1,99 @@
+"""Recognising an exercise's untouched stub, so that it gets "还没有作答 | not attempted yet".
+
+Every exercise cell in the chapter notebooks starts as a stub: a function that raises
+``NotImplementedError`` or returns a placeholder, a dict of ``None``. Run as it is, a checker
+must not diagnose mistakes the learner never made (before this rule, chapter 6's ``return
+eps_text`` got "the halves are swapped"). The rule never reads the learner's source code; it
+looks at what the answer *does*, and each checker applies the rule of its own stub. Each
+checker, its notebook stub, and when the answer counts as "not attempted":
+
+* ``check_unet_shapes`` — ``forward`` raises ``NotImplementedError``: the first forward raises it.
+* ``check_layer_shapes`` — ``{point: None for point in SHAPE_POINTS}``: every point there, every value blank.
+* ``check_param_shares`` — ``{}``: the dict is blank.
+* ``check_component_shares`` — ``{"clip": None, "vae": None, "unet": None}``: the dict is blank.
+* ``check_shape_predictions`` — every point ``None`` but the example ``conv_in output``: every point
+  there, every value blank but the unchanged example.
+* ``check_skip_channels`` — ``return []``: ``fn(SD 1.5's config)`` is blank or raises ``NotImplementedError``.
+* ``check_psnr_table`` — ``table[row][t] = None``: both rows, every timestep, every value blank.
+* ``check_embedding``, ``check_self_attention``, ``check_attention_map`` — ``raise
+  NotImplementedError``: the function raises it.
+* ``check_similarity_matrix`` — ``hw_sim = None``: ``sim`` is blank.
+* ``check_pattern_answers`` — ``{key: None for key in PATTERN_STATEMENTS}``: no unknown key, every
+  value blank (each statement then says "not answered yet", no verdict given away).
+* ``check_guidance`` — ``return eps_text``: the output equals ``eps_text`` at s = 0 and at s = 3
+  (it ignores s), or is blank, or the function raises ``NotImplementedError``.
+* ``check_ddim_step`` — ``return x_t``: the output equals ``x_t`` in every case, or is blank, or
+  the function raises ``NotImplementedError``.
+
+"Blank" (:func:`is_blank`) is ``None``, ``...``, an empty container, or a container whose every
+value is blank. ``NotImplementedError`` is the Python convention for "not written yet", so every
+function answer that raises it counts as not attempted. A partly filled answer is an attempt: the
+blank parts get the checker's usual "not filled in" checks.
+
+Two answers cannot be told from a stub by what they do, and get "not attempted" with a hint that
+names them: a DDIM step that uses ā_t twice returns x_t exactly (the hint says so), and a guidance
+function that returns ``eps_text`` whatever the scale (the hint says that s must change the result).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .feedback import Check
+
+__all__ = ["is_blank", "Outcome", "call_answer", "returns_unchanged", "stub_check", "STUB_WHAT"]
+
+#: what a stub check says it checked
+STUB_WHAT = ("答案还是练习给的样子", "the answer is still the exercise's stub")
+
+
+def stub_check(detail_zh: str, detail_en: str, hint_zh: str, hint_en: str) -> Check:
+    """The check that reports an untouched stub: ``detail`` says what was seen, ``hint`` what to do."""
+    return Check(*STUB_WHAT, False, detail_zh, detail_en, hint_zh, hint_en, stub=True)
+
+
+def is_blank(value: Any) -> bool:
+    """True for ``None``, ``...``, an empty dict / list / tuple / set, or a container of blanks (recursively)."""
+    if value is None or value is Ellipsis:
+        return True
+    if isinstance(value, dict):
+        return all(is_blank(v) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return all(is_blank(v) for v in value)
+    return False
+
+
+class Outcome:
+    """What calling a learner's function gave: its return ``value``, or the ``error`` it raised."""
+
+    def __init__(self, value: Any = None, error: BaseException | None = None):
+        self.value = value
+        self.error = error
+
+    @property
+    def not_implemented(self) -> bool:
+        return isinstance(self.error, NotImplementedError)
+
+    @property
+    def blank(self) -> bool:
+        return self.error is None and is_blank(self.value)
+
+
+def call_answer(fn: Callable, *args, **kwargs) -> Outcome:
+    """Call the learner's ``fn``; any exception is kept in ``Outcome.error``, never raised."""
+    try:
+        return Outcome(value=fn(*args, **kwargs))
+    except Exception as exc:  # the learner's code may raise anything
+        return Outcome(error=exc)
+
+
+def returns_unchanged(value: Any, original: torch.Tensor) -> bool:
+    """True when ``value`` is a tensor equal to ``original`` up to float32 round-off: an input handed back.
+
+    Round-off is allowed so that a computation that cancels to its input (ā_t used twice in a DDIM
+    step) is recognised too; its checker's hint names that case.
+    """
+    if not isinstance(value, torch.Tensor) or value.shape != original.shape or value.is_complex():
+        return False
+    return bool(torch.allclose(value.detach().float().cpu(), original.float().cpu(), rtol=1e-5, atol=1e-6))
