@@ -23,8 +23,18 @@ API
 ``name_table(config, kinds=None)``
     The module mapping as a printable :class:`unetlab.sd.tables.Table` (columns ``diffusers``,
     ``LDM``, ``kind``); ``kinds=("resnet", "attention")`` keeps only those rows.
-``LDM_UNET_PREFIX``
-    ``"model.diffusion_model."``.
+``ldm_to_ema_key(name)`` / ``split_ema_key(flat)``
+    The name of one UNet tensor in the EMA copy of an original training checkpoint, and back.
+    LDM's ``LitEma`` stores ``model.diffusion_model.input_blocks.0.0.weight`` as
+    ``model_ema.diffusion_modelinput_blocks00weight`` (the dots cannot appear in a buffer name,
+    so it drops them). ``ldm_to_ema_key`` is diffusers' rule (``convert_ldm_unet_checkpoint``
+    with ``extract_ema=True``); ``split_ema_key`` puts the dots back by reading the LDM name
+    grammar (``None`` when the name does not parse), for when the config is not known yet.
+``ema_to_ldm(state_dict, config)``
+    The EMA copy (``model_ema.*`` keys) renamed to LDM names (without prefix), exactly by
+    diffusers' rule: ``(converted, unknown_keys)``; ``model_ema.decay`` / ``num_updates`` are skipped.
+``LDM_UNET_PREFIX``, ``LDM_EMA_PREFIX``
+    ``"model.diffusion_model."``, ``"model_ema."``.
 
 How the two layouts line up (SD 1.5; L = layers_per_block = 2)::
 
@@ -56,9 +66,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["LDM_UNET_PREFIX", "KeyMap", "diffusers_to_ldm", "ldm_to_diffusers", "diffusers_config", "name_table"]
+__all__ = [
+    "LDM_UNET_PREFIX",
+    "LDM_EMA_PREFIX",
+    "KeyMap",
+    "diffusers_to_ldm",
+    "ldm_to_diffusers",
+    "diffusers_config",
+    "name_table",
+    "ldm_to_ema_key",
+    "split_ema_key",
+    "ema_to_ldm",
+]
 
 LDM_UNET_PREFIX = "model.diffusion_model."
+# the EMA copy of a training checkpoint (LDM's LitEma): "model_ema." + the UNet name without dots
+LDM_EMA_PREFIX = "model_ema."
+# LitEma's own bookkeeping buffers, not UNet weights
+EMA_BOOKKEEPING = ("model_ema.decay", "model_ema.num_updates")
 
 # ResNet sub-module names: diffusers -> LDM (LDM's ResBlock keeps nn.Sequential indices)
 RESNET_RENAMES = {
@@ -326,3 +351,114 @@ def ldm_to_diffusers(state_dict: Mapping[str, Any], config: Any, strict: bool = 
             )
         return out
     return out, unknown
+
+
+# ---- the EMA copy: LitEma drops the dots ------------------------------------------------------
+# every word that occurs between the dots of an LDM UNet parameter name (longest tried first)
+_EMA_WORDS = sorted(
+    [
+        "time_embed", "label_emb", "input_blocks", "middle_block", "output_blocks", "out",
+        "in_layers", "emb_layers", "out_layers", "skip_connection", "op", "conv",
+        "norm", "norm1", "norm2", "norm3", "proj_in", "proj_out", "transformer_blocks",
+        "attn1", "attn2", "to_q", "to_k", "to_v", "to_out", "ff", "net", "proj", "weight", "bias",
+    ],
+    key=len,
+    reverse=True,
+)
+# after these words comes "<block index><one-digit slot>" run together: input_blocks.11.0 -> "110"
+_INDEX_THEN_SLOT = ("input_blocks", "output_blocks", "label_emb")
+
+
+def ldm_to_ema_key(name: str) -> str:
+    """EMA name of an LDM UNet parameter (with or without ``model.diffusion_model.``).
+
+    ``"input_blocks.1.1.proj_in.weight"`` -> ``"model_ema.diffusion_modelinput_blocks11proj_inweight"``
+    (diffusers: ``"model_ema." + "".join(key.split(".")[1:])`` of the full key).
+    """
+    if not name.startswith(LDM_UNET_PREFIX):
+        name = LDM_UNET_PREFIX + name
+    # "model.diffusion_model.a.b" -> ["diffusion_model", "a", "b"] -> "diffusion_modelab"
+    return LDM_EMA_PREFIX + "".join(name.split(".")[1:])
+
+
+def split_ema_key(flat: str) -> str | None:
+    """LDM name (without prefix) of an EMA key, dots put back; ``None`` if it does not parse.
+
+    ``"model_ema.diffusion_modelinput_blocks110in_layers0weight"`` ->
+    ``"input_blocks.11.0.in_layers.0.weight"``. Reads the LDM name grammar: known words, and
+    numbers; after ``input_blocks`` / ``output_blocks`` / ``label_emb`` the run of digits is a
+    block index followed by a one-digit slot (LDM's slots are 0, 1, 2). The result is a
+    reading, not a proof: :func:`ema_to_ldm` maps names exactly once the config is known.
+    """
+    head = LDM_EMA_PREFIX + "diffusion_model"
+    if not flat.startswith(head):
+        return None
+    text = flat[len(head):]
+    parts: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i].isdigit():
+            j = i
+            while j < len(text) and text[j].isdigit():
+                j += 1
+            digits = text[i:j]
+            if parts and parts[-1] in _INDEX_THEN_SLOT and len(digits) >= 2:
+                parts += [digits[:-1], digits[-1]]
+            elif parts and parts[-1] in _INDEX_THEN_SLOT:
+                return None  # an index without its slot
+            else:
+                parts.append(digits)
+            i = j
+            continue
+        word = next((w for w in _EMA_WORDS if text.startswith(w, i)), None)
+        if word is None:
+            return None
+        parts.append(word)
+        i += len(word)
+    return ".".join(parts) if parts else None
+
+
+def ema_to_ldm(state_dict: Mapping[str, Any], config: Any) -> tuple[dict[str, Any], list[str]]:
+    """The EMA copy (``model_ema.*``) under LDM names without prefix, and the keys that did not map.
+
+    The mapping is diffusers' rule applied to every parameter of ``config``
+    (:func:`ldm_to_ema_key`), so it is exact; it refuses a config for which two parameters
+    would share one EMA name (a ``ValueError``; no SD layout has such a pair).
+    """
+    from unetlab.configs import resolve_config
+
+    keymap = KeyMap(config)
+    names = _ldm_names(keymap, resolve_config(config))
+    table: dict[str, str] = {}
+    for ldm in names:
+        flat = ldm_to_ema_key(ldm)
+        if flat in table:
+            raise ValueError(f"EMA names collide for this config: {table[flat]} and {ldm} are both {flat}")
+        table[flat] = ldm
+    out: dict[str, Any] = {}
+    unknown: list[str] = []
+    for name, value in state_dict.items():
+        if not name.startswith(LDM_EMA_PREFIX) or name in EMA_BOOKKEEPING:
+            continue
+        if name in table:
+            out[table[name]] = value
+        else:
+            unknown.append(name)
+    return out, unknown
+
+
+def _ldm_names(keymap: KeyMap, config: Any) -> list[str]:
+    """Every UNet parameter's LDM name (without prefix): the diffusers names of a meta-device SDUNet, mapped."""
+    import torch
+
+    from unetlab.sd.unet import SDUNet
+
+    with torch.device("meta"):
+        model = SDUNet(config)
+    names = []
+    for name in model.state_dict():
+        ldm = keymap.to_ldm(name)
+        if ldm is None:  # cannot happen for a config KeyMap accepts; say so loudly if it does
+            raise ValueError(f"{name} has no LDM name")
+        names.append(ldm)
+    return names
