@@ -37,6 +37,15 @@ def test_recipe_is_registered_lazily():
     assert "controlnet" in list_recipes()
     r = get_recipe("controlnet")
     assert r.arch == "ControlledTextToImage" and r.config["control"] == "mask"
+    # the base it is trained on is pinned by its sha256
+    from unetlab.checkpoints import read_manifest
+    assert r.config["base_sha256"] == read_manifest()["text2img"]["sha256"]
+
+
+def test_a_controlnet_for_another_base_is_refused(base):
+    config = {**get_recipe("controlnet").config, "base_sha256": "0" * 64}
+    with pytest.raises(ValueError, match="only fits the UNet it was copied from"):
+        build_controlled(config)
 
 
 def test_only_the_controlnet_is_trained_and_saved(model, base):

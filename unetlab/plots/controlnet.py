@@ -61,6 +61,8 @@ def plot_entry_points(skips: Sequence[tuple[str, tuple]], mid: tuple[str, tuple]
     ax.set_xticklabels([n.replace("down_blocks.", "d").replace("attentions.", "a").replace("resnets.", "r")
                         .replace("downsamplers.0", "down") for n in names], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("channels")
+    ax.set_xlabel("skip (d1.a0 = down_blocks.1.attentions.0, d3.r1 = down_blocks.3.resnets.1, down = the block's downsampler)",
+                  fontsize=8)
     ax.set_ylim(0, channels.max() * 1.25)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(title or "where each method enters the UNet (down path and mid block)", fontsize=10)
@@ -104,6 +106,7 @@ def plot_residual_norms(norms: Mapping[str, Sequence[float]], names: Sequence[st
     ax.set_xticklabels([n.replace("down_blocks.", "d").replace("attentions.", "a").replace("resnets.", "r")
                         .replace("downsamplers.0", "down") for n in names], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("RMS of the residual")
+    ax.set_xlabel("skip (d1.a0 = down_blocks.1.attentions.0, down = the block's downsampler)", fontsize=8)
     ax.legend(fontsize=8)
     ax.set_title(title or "residual size per skip", fontsize=10)
     fig.tight_layout()
