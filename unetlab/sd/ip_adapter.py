@@ -167,9 +167,16 @@ def load_ip_adapter(unet: nn.Module, state_dict: Mapping[str, Any], scale: float
 
 def ip_adapter_params(unet_or_config: Any = "sd15", image_embed_dim: int = 1024, num_image_text_embeds: int = 4) -> int:
     """Parameters an IP-Adapter adds to a UNet: ``to_k_ip`` + ``to_v_ip`` everywhere + ``ImageProjection``."""
-    from unetlab.sd.count import meta_unet
+    # built here, not with unetlab.sd.count.meta_unet: count imports this module (imports point one way)
+    from unetlab.configs import resolve_config
+    from unetlab.sd.unet import SDUNet
 
-    unet = unet_or_config if isinstance(unet_or_config, nn.Module) else meta_unet(unet_or_config)
+    if isinstance(unet_or_config, nn.Module):
+        unet = unet_or_config
+    else:
+        # shapes without storage (instant for SDXL)
+        with torch.device("meta"):
+            unet = SDUNet(resolve_config(unet_or_config))
     total = 0
     for _, attn in cross_attentions(unet):
         # two (cross_attention_dim -> inner_dim) matrices, no bias
