@@ -158,31 +158,47 @@ def real_branch_problems(results: dict[str, dict], weights) -> list[str]:
 # ---- step 2: parity ------------------------------------------------------------------------------
 @torch.no_grad()
 def parity(pipeline: Path, device: str, dtypes: list[torch.dtype]) -> list[dict]:
-    """SDUNet vs diffusers' UNet from ``pipeline/unet``: largest |error| of each against diffusers in fp32."""
+    """SDUNet vs diffusers' UNet from ``pipeline/unet``, both loaded from disk in each dtype.
+
+    Errors are the largest |difference| from diffusers in float32, divided by that output's largest |value|.
+    """
+    import json
+
     from diffusers import UNet2DConditionModel
+    from diffusers.utils import logging as diffusers_logging
 
     from unetlab.sd.load import load_sd_unet
 
-    reference = UNet2DConditionModel.from_pretrained(pipeline / "unet").to(device).eval()
-    config = reference.config
+    # no 'install accelerate' / 'casting with to()' notices in the report
+    diffusers_logging.set_verbosity_error()
+
+    def reference(dtype):
+        return UNet2DConditionModel.from_pretrained(pipeline / "unet").to(device, dtype).eval()
+
+    exact_model = reference(torch.float32)
+    config = exact_model.config
+    tokens = json.loads((pipeline / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"]
     g = torch.Generator().manual_seed(0)
+    # (2, C, h, w) latents at the trained size, (2, tokens, width) context, two timesteps
     sample = torch.randn(2, config.in_channels, config.sample_size, config.sample_size, generator=g).to(device)
-    context = torch.randn(2, 77 if config.cross_attention_dim == 768 else 16, config.cross_attention_dim,
-                          generator=g).to(device)
+    context = torch.randn(2, tokens, config.cross_attention_dim, generator=g).to(device)
     t = torch.tensor([999, 20], device=device)
-    exact = reference(sample, t, encoder_hidden_states=context).sample.float()
+    exact = exact_model(sample, t, encoder_hidden_states=context).sample.float()
+    del exact_model
+    scale = exact.abs().max().item()
     rows = []
     for dtype in dtypes:
         ours = load_sd_unet(pipeline / "unet", device=device, dtype=dtype)
-        theirs = reference.to(dtype)
         a = ours(sample.to(dtype), t, context.to(dtype)).float()
+        del ours
+        theirs = reference(dtype)
         b = theirs(sample.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample.float()
-        scale = exact.abs().max().item()
+        del theirs
         rows.append(dict(dtype=str(dtype).replace("torch.", ""), ours=(a - exact).abs().max().item() / scale,
                          diffusers=(b - exact).abs().max().item() / scale, between=(a - b).abs().max().item() / scale,
                          finite=bool(torch.isfinite(a).all())))
-        reference.to(torch.float32)
-        del ours
+        if device == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 

@@ -86,6 +86,17 @@ def test_components_equal_diffusers_pipeline(tiny, tiny_dir):
     torch.testing.assert_close(tiny.decode(latents), ref_image)
 
 
+def test_sampler_follows_the_scheduler_config(tiny, tiny_dir):
+    """v-prediction and trailing timesteps, as diffusers' DDIMScheduler reads the same config."""
+    from diffusers import DDIMScheduler
+
+    sampler = tiny.sampler(10)
+    assert (sampler.prediction_type, sampler.timestep_spacing) == ("v_prediction", "trailing")
+    reference = DDIMScheduler.from_pretrained(tiny_dir / "scheduler")
+    reference.set_timesteps(10)
+    assert sampler.timesteps.tolist() == reference.timesteps.tolist()
+
+
 def test_time_estimate_comes_from_a_timed_call(tiny):
     seconds = tiny.time_unet_call(batch=2)
     assert seconds > 0
@@ -261,3 +272,22 @@ def test_random_pipeline_refuses_unknown_sizes(tmp_path):
         save_random_pipeline(tmp_path / "x", size="huge")
     with pytest.raises(ValueError, match="prediction_type"):
         save_random_pipeline(tmp_path / "x", prediction_type="v")
+
+
+def test_full_size_configs_are_sd15s():
+    """gpu_check's pipeline has SD 1.5's exact component sizes (counted on the meta device, nothing allocated)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from unetlab.configs import SD15
+    from unetlab.sd import random_pipeline as rp
+
+    vocab, _ = rp._vocabulary()
+    text = CLIPTextConfig(bos_token_id=vocab[rp.BOS], eos_token_id=vocab[rp.EOS], pad_token_id=vocab[rp.EOS],
+                          **rp._TEXT["sd15"])
+    with torch.device("meta"):
+        counts = [sum(p.numel() for p in m.parameters()) for m in (
+            UNet2DConditionModel(**SD15.to_diffusers()), AutoencoderKL(**rp._VAE["sd15"]), CLIPTextModel(text))]
+    # the course's reference figures (shared/design.md)
+    assert counts == [859_520_964, 83_653_863, 123_060_480]
+    assert max(vocab.values()) < text.vocab_size

@@ -335,28 +335,13 @@ class SDComponents:
     def sampler(self, num_inference_steps: int = 25, **overrides):
         """The DDIM sampler this pipeline's scheduler config describes (prediction type included).
 
-        ``DDIMSampler.from_config(scheduler_config, num_inference_steps, **overrides)``. Raises
-        ``ValueError`` when the samplers here can only follow an ε-prediction and the config asks
-        for another prediction type (they would silently land far from the image).
+        ``DDIMSampler.from_config(scheduler_config, num_inference_steps, **overrides)``: prediction type
+        (ε, v, x₀), timestep spacing, steps offset, ``set_alpha_to_one``, zero-terminal-SNR rescaling.
+        Its ``model_fn`` returns the raw UNet output, whatever the prediction type.
         """
         from unetlab.samplers import DDIMSampler
 
-        if hasattr(DDIMSampler, "from_config"):
-            return DDIMSampler.from_config(self.scheduler_config, num_inference_steps, **overrides)
-        # samplers without from_config follow ε only: refuse anything else instead of sampling wrongly
-        if self.prediction_type != "epsilon" or self.scheduler_config.get("timestep_spacing", "leading") != "leading":
-            raise ValueError(
-                f"{self.source}: the scheduler config asks for prediction_type={self.prediction_type!r}, timestep_spacing="
-                f"{self.scheduler_config.get('timestep_spacing', 'leading')!r}, but this unetlab's DDIMSampler follows only "
-                "'epsilon' with 'leading' timesteps; update unetlab (DDIMSampler.from_config)"
-            )
-        from unetlab.schedule import NoiseSchedule
-
-        c = self.scheduler_config
-        schedule = NoiseSchedule(c.get("num_train_timesteps", 1000), c.get("beta_start", 0.00085),
-                                 c.get("beta_end", 0.012), c.get("beta_schedule", "scaled_linear"))
-        return DDIMSampler(schedule, num_inference_steps, steps_offset=c.get("steps_offset", 0),
-                           set_alpha_to_one=c.get("set_alpha_to_one", True), **overrides)
+        return DDIMSampler.from_config(self.scheduler_config, num_inference_steps, **overrides)
 
     # ---- how long will it take ---------------------------------------------------------------
     @torch.no_grad()

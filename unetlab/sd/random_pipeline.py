@@ -148,8 +148,7 @@ def save_random_pipeline(folder: str | os.PathLike, size: str = "tiny", *, predi
     ``seed``: the weights are a function of it (``torch.manual_seed`` before each component).
     Raises ``ValueError`` for an unknown size or prediction type. Needs no network.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from unetlab.sd.pipeline import _quiet
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
@@ -157,6 +156,14 @@ def save_random_pipeline(folder: str | os.PathLike, size: str = "tiny", *, predi
         raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    with _quiet():  # no "Writing model shards" progress bars
+        _save_components(folder, size, prediction_type, seed)
+    return folder
+
+
+def _save_components(folder: Path, size: str, prediction_type: str | None, seed: int) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     # ---- tokenizer and text encoder -----------------------------------------------------------
     text = dict(_TEXT[size])
@@ -200,4 +207,3 @@ def save_random_pipeline(folder: str | os.PathLike, size: str = "tiny", *, predi
         "vae": ["diffusers", "AutoencoderKL"],
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-    return folder
