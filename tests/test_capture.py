@@ -289,6 +289,177 @@ def test_max_resolution_skips_large_self_attention_only(tiny):
         assert {r.size for r in store.select(kind="cross")} == {(16, 16), (8, 8), (4, 4), (2, 2)}
 
 
+# ---------------------------------------------------------------------------------------------
+# only what is recorded costs: unselected layers carry no hook and keep SDPA
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def attention_calls(tiny, monkeypatch):
+    """{module path: calls of its explicit path} and a total count of SDPA calls, for ``tiny``."""
+    counts = {"sdpa": 0}
+    for path, module in tiny.named_modules():
+        if isinstance(module, Attention):
+            counts[path] = 0
+
+            def counted(*args, _path=path, _original=module._explicit_attention, **kwargs):
+                counts[_path] += 1
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(module, "_explicit_attention", counted)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted_sdpa(*args, **kwargs):
+        counts["sdpa"] += 1
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted_sdpa)
+    return counts
+
+
+def test_unselected_layers_carry_no_hook_and_run_sdpa(tiny, attention_calls):
+    sample, context, _ = _inputs(TINY, h=16, w=16)
+    layers = attention_layers(tiny)
+    chosen = [p for p, k in layers.items() if k == "cross" and p.startswith("up_blocks.1.")]
+    with torch.no_grad():
+        plain = tiny(sample, 7, context)
+        assert attention_calls["sdpa"] == len(layers) and sum(v for k, v in attention_calls.items() if k != "sdpa") == 0
+        attention_calls["sdpa"] = 0
+        with capture_attention(tiny, "cross", layers="up_blocks.1*") as store:
+            hooked = [p for p, m in tiny.named_modules() if isinstance(m, Attention) and m._probs_hooks]
+            captured = tiny(sample, 7, context)
+    assert hooked == chosen == store.layers
+    # exactly the chosen layers built probabilities, once each; the 29 others ran SDPA
+    assert {p: n for p, n in attention_calls.items() if p != "sdpa" and n} == {p: 1 for p in chosen}
+    assert attention_calls["sdpa"] == len(layers) - len(chosen)
+    torch.testing.assert_close(captured, plain, rtol=1e-5, atol=1e-5)
+    _no_hooks_left(tiny)
+
+
+def test_max_resolution_leaves_large_layers_on_sdpa(tiny, attention_calls):
+    # 16x16 latent: self-attention grids 16x16, 8x8, 4x4, 2x2; record only <= 8x8
+    sample, context, _ = _inputs(TINY, h=16, w=16)
+    with torch.no_grad():
+        plain = tiny(sample, 7, context)
+        attention_calls["sdpa"] = 0
+        with capture_attention(tiny, "self", max_resolution=(8, 8)) as store:
+            captured = tiny(sample, 7, context)
+    big = [p for p in attention_layers(tiny) if p.endswith("attn1") and p.startswith(("down_blocks.0.", "up_blocks.3."))]
+    assert len(big) == 5
+    recorded = [r.layer for r in store]
+    assert not set(big) & set(recorded) and {r.size for r in store} == {(8, 8), (4, 4), (2, 2)}
+    # the large layers carried a hook but never left SDPA: no (B, heads, 256, 256) was built
+    assert all(attention_calls[p] == 0 for p in big)
+    assert all(attention_calls[p] == 1 for p in recorded)
+    # SDPA: every cross-attention (unhooked) and the five large self-attentions
+    assert attention_calls["sdpa"] == 16 + 5
+    torch.testing.assert_close(captured, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_probs_hook_wants_decides_before_anything_is_computed():
+    torch.manual_seed(0)
+    attn = Attention(16, heads=2, dim_head=8)
+    asked, seen = [], []
+    handle = attn.register_probs_hook(
+        lambda m, probs: seen.append(tuple(probs.shape)),
+        wants=lambda m, batch, n_q, n_k: asked.append((batch, n_q, n_k)) or n_q <= 4,
+    )
+    x_small, x_big = torch.randn(3, 4, 16), torch.randn(3, 9, 16)
+    with torch.no_grad():
+        attn(x_small)
+        out = attn(x_big)
+        with attention_backend("explicit"):
+            explicit = attn(x_big)  # use_sdpa off: explicit path, but the hook still is not called
+    assert asked == [(3, 4, 4), (3, 9, 9), (3, 9, 9)]
+    assert seen == [(3, 2, 4, 4)]
+    torch.testing.assert_close(out, explicit, rtol=1e-5, atol=1e-6)
+    handle.remove()
+    assert not attn._probs_hooks
+    with pytest.raises(TypeError, match="wants"):
+        attn.register_probs_hook(lambda m, p: None, wants="small only")
+
+
+# ---------------------------------------------------------------------------------------------
+# a selection that matches nothing or does not fit the call raises
+# ---------------------------------------------------------------------------------------------
+def test_batch_that_does_not_fit_the_call_raises(tiny, attention_calls):
+    sample, context, _ = _inputs(TINY, batch=2, h=8, w=8)
+    for batch, match in [
+        (5, r"batch=5 does not fit a call with batch size 2"),
+        (-3, r"batch size 2.*\[-3\]"),
+        ([0, 7], r"batch size 2.*\[7\]"),
+        (slice(3, 5), r"selects no entry of a call with batch size 2"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            with torch.no_grad(), capture_attention(tiny, "cross", batch=batch):
+                tiny(sample, 7, context)
+        _no_hooks_left(tiny)
+    # refused before the first probabilities were built
+    assert sum(n for p, n in attention_calls.items() if p != "sdpa") == 0
+    with pytest.raises(TypeError, match="batch must be"):
+        with capture_attention(tiny, batch="conditional"):
+            pass
+    with pytest.raises(ValueError, match="empty"):
+        with capture_attention(tiny, batch=[]):
+            pass
+    # negative indices and lists that fit are fine
+    with torch.no_grad(), capture_attention(tiny, "cross", layers="mid*", batch=[-1, 0]) as store:
+        tiny(sample, 7, context)
+    assert store.records[0].probs.shape[0] == 2
+
+
+def test_max_resolution_below_every_grid_raises_at_the_forward(tiny):
+    sample, context, _ = _inputs(TINY, h=16, w=16)
+    with pytest.raises(ValueError, match=r"recorded nothing in this forward.*max_resolution=3.*\[256, 64, 16, 4\]"):
+        with torch.no_grad(), capture_attention(tiny, "self", max_resolution=3):
+            tiny(sample, 7, context)
+    _no_hooks_left(tiny)
+    # with cross-attention also selected, the forward records something: no error
+    with torch.no_grad(), capture_attention(tiny, "both", max_resolution=3) as store:
+        tiny(sample, 7, context)
+    assert {r.kind for r in store} == {"cross"}
+    # a bound on self-attention given to a capture that hooks none is refused, not ignored
+    for kind, layers in (("cross", None), ("both", "*attn2")):
+        with pytest.raises(ValueError, match="max_resolution=64 bounds self-attention only"):
+            with capture_attention(tiny, kind, layers=layers, max_resolution=64):
+                pass
+    _no_hooks_left(tiny)
+
+
+def test_a_capture_that_records_nothing_raises_at_exit(tiny):
+    with pytest.raises(ValueError, match="recorded nothing.*call the model inside"):
+        with capture_attention(tiny, "cross"):
+            pass
+    _no_hooks_left(tiny)
+    # seed 003's SelfAttention, with a grid above max_resolution: the forward itself raises
+    block = SelfAttention(8)
+    with pytest.raises(ValueError, match=r"max_resolution=4.*\[9\]"):
+        with torch.no_grad(), capture_attention(block, "self", max_resolution=4):
+            block(torch.randn(1, 8, 3, 3))
+    _no_hooks_left(block)
+
+
+def test_store_selections_that_match_nothing_raise(tiny):
+    sample, context, _ = _inputs(TINY, h=8, w=8, tokens=6)
+    with torch.no_grad(), capture_attention(tiny, "cross", layers="up_blocks.1*") as store:
+        for t in (900, 500):
+            store.step = t
+            tiny(sample, t, context)
+    assert len(store.select(steps=[900, 500])) == 6
+    with pytest.raises(ValueError, match=r"steps \[42\] were never recorded.*\[900, 500\]"):
+        store.maps_for_token(1, steps=42)
+    with pytest.raises(ValueError, match=r"steps \[100\] were never recorded"):
+        store.select(steps=[900, 100])  # one label of several that matches nothing is not dropped silently
+    with pytest.raises(ValueError, match=r"matches none of the 3 layers recorded.*up_blocks\.1\.attentions\.0"):
+        store.aggregate(token=1, layers="down_blocks.*")
+    with pytest.raises(ValueError, match="no self-attention records: the store holds only cross"):
+        store.maps_for_query(0, 0)
+    with pytest.raises(ValueError, match=r"size=\(3, 3\) was not recorded.*\[\(2, 2\)\]"):
+        store.select(size=(3, 3))
+    with pytest.raises(ValueError, match="empty"):
+        store.select(steps=[])
+    with pytest.raises(ValueError, match="holds no records"):
+        AttentionStore().select()
+
+
 def test_average_heads_batch_dtype(tiny):
     sample, context, _ = _inputs(TINY, batch=3, h=8, w=8)
     with torch.no_grad(), capture_attention(tiny, "cross") as full:

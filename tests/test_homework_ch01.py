@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from unetlab import seed003
+from unetlab import note003
 from unetlab.homework import Feedback, check_layer_shapes, check_param_shares, check_unet_shapes
 from unetlab.homework.ch01 import PARTS, SHAPE_POINTS, has_skip_connections, layer_shape_truth, param_share_truth
 from unetlab.simple_unet import DownBlock, ResBlock, SimpleUNet, TimeEmbedding, UpBlock
@@ -85,7 +85,7 @@ def test_has_skip_connections_and_skip_scale():
 
 
 def test_seed_code_fails_with_the_groupnorm_hint():
-    feedback = check_unet_shapes(seed003.SimpleUNet)
+    feedback = check_unet_shapes(note003.SimpleUNet)
     assert not feedback.passed and len(feedback.checks) == 1
     assert "GroupNorm(8, 4)" in feedback.checks[0].hint_en
 
@@ -93,7 +93,7 @@ def test_seed_code_fails_with_the_groupnorm_hint():
 def test_seed_code_with_bug1_patched_fails_in_up1_with_the_concat_hint():
     group_norm = nn.GroupNorm
 
-    class Patched(seed003.SimpleUNet):
+    class Patched(note003.SimpleUNet):
         def __init__(self, **kwargs):
             with mock.patch.object(nn, "GroupNorm", lambda g, c: group_norm(math.gcd(g, c), c)):
                 super().__init__(**kwargs)

@@ -341,8 +341,9 @@ def test_wrong_architecture_and_foreign_files(tiny_ldm, tmp_path):
     assert "context 32 wide (attn2.to_k); config says 48 (cross_attention_dim" in message
     assert "shape mismatch(es)" in message and "does not fit this UNet config" in message
     # a tiny UNet's context width names no SD version: built from the tensors, the guesses named
-    with pytest.warns(UserWarning, match="guessed: num_attention_heads"):
+    with pytest.warns(UserWarning, match="guessed: num_attention_heads") as record:
         loaded = load_sd_unet(tmp_path / "tiny.safetensors")
+    assert record[0].filename == __file__
     assert loaded.config.name == "inferred" and loaded.config.block_out_channels == (32, 64, 64, 64)
     save_file({"encoder.weight": torch.zeros(2)}, tmp_path / "vae.safetensors")
     with pytest.raises(CheckpointError, match="no UNet in it"):

@@ -1,4 +1,4 @@
-"""SimpleUNet: seed 003's UNet with its two bugs fixed, skips on/off, skip scaling, bad input."""
+"""SimpleUNet: study note 003's UNet with its two bugs fixed, skips on/off, skip scaling, bad input."""
 import math
 from unittest import mock
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from unetlab import seed003
+from unetlab import note003
 from unetlab.embeddings import sinusoidal_embedding
 from unetlab.simple_unet import DownBlock, ResBlock, SimpleUNet, TimeEmbedding, UpBlock, norm_groups
 from unetlab.tracing import trace_shapes
@@ -22,15 +22,15 @@ def _fitting_group_norm(num_groups, num_channels):
 def seed_model_with_bug1_patched(**kwargs):
     """The seed's printed SimpleUNet, with only GroupNorm's group count patched (bug 2 left in)."""
     with mock.patch.object(nn, "GroupNorm", _fitting_group_norm):
-        return seed003.SimpleUNet(**kwargs)
+        return note003.SimpleUNet(**kwargs)
 
 
 # --- the seed's bugs are real ---------------------------------------------------------------------
 def test_seed_code_fails_at_construction_with_groupnorm():
     with pytest.raises(ValueError, match="divisible by num_groups"):
-        seed003.SimpleUNet(in_channels=4, out_channels=4, base_channels=64)
+        note003.SimpleUNet(in_channels=4, out_channels=4, base_channels=64)
     with pytest.raises(ValueError, match="divisible by num_groups"):
-        seed003.seed_test()
+        note003.printed_test()
 
 
 def test_seed_code_with_groupnorm_patched_fails_in_up1():
@@ -94,7 +94,7 @@ def test_time_embedding_equals_seed_formula():
     torch.testing.assert_close(ours, seed_emb, rtol=0, atol=1e-4)
     # and the whole module, with the same MLP weights, equals the seed's module
     torch.manual_seed(0)
-    seed_module = seed003.TimeEmbedding(dim)
+    seed_module = note003.TimeEmbedding(dim)
     our_module = TimeEmbedding(dim)
     our_module.load_state_dict(seed_module.state_dict())
     torch.testing.assert_close(our_module(t), seed_module(t), rtol=0, atol=1e-4)
@@ -102,7 +102,7 @@ def test_time_embedding_equals_seed_formula():
 
 def test_resblock_equals_seed_where_seed_builds():
     torch.manual_seed(0)
-    seed_block = seed003.ResBlock(16, 32, 64)
+    seed_block = note003.ResBlock(16, 32, 64)
     ours = ResBlock(16, 32, 64)
     ours.load_state_dict(seed_block.state_dict())
     x, time_emb = torch.randn(3, 16, 8, 8), torch.randn(3, 64)
@@ -303,7 +303,7 @@ def test_skip_scale_bad_input():
     assert set(SimpleUNet.SKIP_RESOLUTIONS) == {"up1", "up2"}
 
 
-def test_seed003_is_the_seeds_code_verbatim_up_to_whitespace():
+def test_note003_is_the_notes_code_verbatim_up_to_whitespace():
     import inspect
     import pathlib
     import re
@@ -313,9 +313,41 @@ def test_seed003_is_the_seeds_code_verbatim_up_to_whitespace():
         pytest.skip("the seed notes are not part of this checkout")
     text = seed_file.read_text(encoding="utf-8")
     printed = text[text.index("import torch\n"):text.index('print(f"Parameters')]
-    source = inspect.getsource(seed003)
+    source = inspect.getsource(note003)
     source = source[source.index("import torch\n"):]
-    # the test lines live in seed_test(); drop its def line and docstring
-    source = re.sub(r'def seed_test\(\):\n    """.*?"""\n', "", source, flags=re.S)
+    # the test lines live in printed_test(); drop its def line and docstring
+    source = re.sub(r'def printed_test\(\):\n    """.*?"""\n', "", source, flags=re.S)
     squeeze = lambda s: re.sub(r"\s+", "", s)  # noqa: E731
     assert squeeze(source).startswith(squeeze(printed))
+
+
+def test_seed003_is_a_deprecated_alias_of_note003():
+    import importlib
+    import sys
+
+    sys.modules.pop("unetlab.seed003", None)
+    with pytest.warns(DeprecationWarning, match="unetlab.note003"):
+        old = importlib.import_module("unetlab.seed003")
+    assert old.SimpleUNet is note003.SimpleUNet and old.seed_test is note003.printed_test
+
+
+def test_skip_replace_substitutes_the_skip_and_checks_its_input():
+    torch.manual_seed(0)
+    model = SimpleUNet(base_channels=8).eval()
+    x = torch.randn(3, 4, 8, 8)
+    with torch.no_grad():
+        plain = model(x, 5)
+        # the identity changes nothing; zeros equal skip_scale 0; another image's skip changes the output
+        torch.testing.assert_close(model(x, 5, skip_replace={"up2": lambda s: s}), plain)
+        torch.testing.assert_close(model(x, 5, skip_replace={"up1": torch.zeros_like}),
+                                   model(x, 5, skip_scale={"up1": 0.0}))
+        swapped = model(x, 5, skip_replace={"up2": lambda s: s.roll(1, dims=0)})
+    assert not torch.allclose(swapped, plain)
+    with pytest.raises(ValueError, match="skip's shape"):
+        model(x, 5, skip_replace={"up2": lambda s: s[:1]})
+    with pytest.raises(ValueError, match="keys must be among"):
+        model(x, 5, skip_replace={"down1": lambda s: s})
+    with pytest.raises(TypeError, match="must be a function"):
+        model(x, 5, skip_replace={"up1": 0.0})
+    with pytest.raises(ValueError, match="use_skips=False"):
+        SimpleUNet(base_channels=8, use_skips=False)(x, 5, skip_replace={"up1": lambda s: s})

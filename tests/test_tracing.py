@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from unetlab import seed003
+from unetlab import note003
 from unetlab.simple_unet import ResBlock, SimpleUNet
 from unetlab.tracing import ShapeTrace, TraceRow, trace_shapes
 
@@ -139,7 +139,7 @@ def test_zero_dim_and_one_dim_tensors_are_readable():
 def _seed_model_bug1_patched():
     group_norm = nn.GroupNorm
     with mock.patch.object(nn, "GroupNorm", lambda g, c: group_norm(math.gcd(g, c), c)):
-        return seed003.SimpleUNet(in_channels=4, out_channels=4, base_channels=64)
+        return note003.SimpleUNet(in_channels=4, out_channels=4, base_channels=64)
 
 
 def test_failing_forward_keeps_rows_and_names_the_module():

@@ -12,13 +12,13 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    # chapter 1: the textbook UNet (seed 003 §19.3, bugs fixed)
+    # chapter 1: the textbook UNet (study note 003 §19.3, bugs fixed)
     "SimpleUNet": "unetlab.simple_unet",
     "TimeEmbedding": "unetlab.simple_unet",
     "ResBlock": "unetlab.simple_unet",
     "DownBlock": "unetlab.simple_unet",
     "UpBlock": "unetlab.simple_unet",
-    # attention (seed 003 §19.4 and the SD transformer blocks)
+    # attention (study note 003 §19.4 and the SD transformer blocks)
     "SelfAttention": "unetlab.attention",
     "AttnResBlock": "unetlab.attention",
     "Attention": "unetlab.attention",

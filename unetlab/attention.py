@@ -22,10 +22,14 @@ Two ways to compute attention, equal up to float rounding
     ``Attention.use_sdpa = False``, or temporarily with ``with attention_backend("explicit"): ...``.
 
 Hook on the attention probabilities (used by ``unetlab.capture.capture_attention``)
-    ``handle = attn.register_probs_hook(hook)``; ``handle.remove()`` takes it off again.
-    While a module has at least one hook it takes the explicit path, and each forward calls
+    ``handle = attn.register_probs_hook(hook, wants=None)``; ``handle.remove()`` takes it off again.
+    A call where at least one hook wants the probabilities takes the explicit path and calls
     ``hook(attn, probs)`` with ``probs`` of shape ``(B, heads, N_query, N_key)`` — for a
     cross-attention in SD 1.5 at a 64×64 latent's first block: ``(B, 8, 4096, 77)``.
+    ``wants(attn, batch, num_queries, num_keys) -> bool`` decides per call, before anything is
+    computed; a call no hook wants keeps SDPA and never builds the probabilities (SD 1.5's
+    self-attention at 64×64, batch 2: 2 × 8 × 4096² floats = 1 GiB saved per layer and call).
+    Without ``wants`` a hook wants every call.
     ``probs`` rows sum to 1 and are in the dtype of ``v``. A hook that returns None leaves
     the output unchanged (the explicit path equals SDPA); a hook may return a tensor of the
     same shape to replace the probabilities (attention editing). Don't modify ``probs`` in place.
@@ -133,6 +137,19 @@ class AttnResBlock(nn.Module):
 # Stable Diffusion
 # ============================================================================================
 ProbsHook = Callable[["Attention", torch.Tensor], "torch.Tensor | None"]
+# wants(attn, batch, num_queries, num_keys) -> bool: does the hook want this call's probabilities?
+ProbsWants = Callable[["Attention", int, int, int], bool]
+
+
+class _WantingHook:
+    """A probability hook with its ``wants`` predicate (what ``register_probs_hook(wants=)`` stores)."""
+
+    def __init__(self, hook: ProbsHook, wants: ProbsWants):
+        self.hook = hook
+        self.wants = wants
+
+    def __call__(self, attn: "Attention", probs: torch.Tensor) -> "torch.Tensor | None":
+        return self.hook(attn, probs)
 
 
 class Attention(nn.Module):
@@ -144,7 +161,8 @@ class Attention(nn.Module):
     ``context`` may also be the pair ``(context, ip_tokens)`` (IP-Adapter, see the module docstring).
 
     ``use_sdpa`` (class attribute, default True; may be set per instance) picks the fused
-    SDPA path; registered probability hooks force the explicit path (see the module docstring).
+    SDPA path; a probability hook that wants the call forces the explicit path (see the module
+    docstring and ``register_probs_hook``).
     """
 
     use_sdpa: bool = True
@@ -186,13 +204,31 @@ class Attention(nn.Module):
         kind = "cross" if self.is_cross_attention else "self"
         return f"{kind}, heads={self.heads}, dim_head={self.dim_head}"
 
-    def register_probs_hook(self, hook: ProbsHook) -> RemovableHandle:
-        """Call ``hook(self, probs)`` on every forward; ``probs``: ``(B, heads, N_query, N_key)``."""
+    def register_probs_hook(self, hook: ProbsHook, *, wants: ProbsWants | None = None) -> RemovableHandle:
+        """Call ``hook(self, probs)`` on the forwards it wants; ``probs``: ``(B, heads, N_query, N_key)``.
+
+        ``wants(self, batch, num_queries, num_keys) -> bool`` (optional; ints, asked before the
+        attention is computed) selects the calls: when no hook of this module wants a call, it
+        runs SDPA and ``probs`` is never built. ``wants`` may raise to refuse a call (e.g. a batch
+        selection that does not fit ``batch``). Without ``wants`` every call is wanted.
+        Returns a handle; ``handle.remove()`` takes the hook off. Raises ``TypeError`` when
+        ``hook`` or ``wants`` is not callable.
+        """
         if not callable(hook):
             raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        if wants is not None and not callable(wants):
+            raise TypeError(f"wants must be None or callable (attn, batch, num_queries, num_keys) -> bool, got {type(wants).__name__}")
         handle = RemovableHandle(self._probs_hooks)
-        self._probs_hooks[handle.id] = hook
+        self._probs_hooks[handle.id] = hook if wants is None else _WantingHook(hook, wants)
         return handle
+
+    def _hooks_for(self, batch: int, num_queries: int, num_keys: int) -> list[ProbsHook]:
+        """The probability hooks that want this call (empty: nobody needs the probabilities)."""
+        return [
+            hook
+            for hook in self._probs_hooks.values()
+            if not isinstance(hook, _WantingHook) or hook.wants(self, batch, num_queries, num_keys)
+        ]
 
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         # (B, N, heads·d) -> (B, N, heads, d) -> (B, heads, N, d)
@@ -220,12 +256,14 @@ class Attention(nn.Module):
         k = self._split_heads(self.to_k(context))
         v = self._split_heads(self.to_v(context))
 
-        if self.use_sdpa and not self._probs_hooks:
+        # the probability hooks that want this call; none: the probabilities need not exist
+        hooks = self._hooks_for(B, N, k.shape[-2]) if self._probs_hooks else []
+        if self.use_sdpa and not hooks:
             # (B, heads, N, d), fused softmax(q kᵀ · scale) v
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
             # (B, heads, N, d)
-            out = self._explicit_attention(q, k, v)
+            out = self._explicit_attention(q, k, v, hooks)
 
         # (B, heads, N, d) -> (B, N, heads·d)
         out = out.transpose(1, 2).reshape(B, N, self.inner_dim)
@@ -236,14 +274,22 @@ class Attention(nn.Module):
         out = self.to_out[0](out)
         return self.to_out[1](out)
 
-    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _explicit_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hooks: list[ProbsHook] | None = None
+    ) -> torch.Tensor:
+        """``softmax(q kᵀ · scale) v`` written out; ``hooks`` (default: every registered one) see
+        the probabilities ``(B, heads, N, M)`` and may replace them."""
+        if hooks is None:
+            hooks = list(self._probs_hooks.values())
         if self.upcast_attention:
             q, k = q.float(), k.float()
         # (B, heads, N, M) = q kᵀ · scale
         scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale
         # (B, heads, N, M); softmax in float32 even for fp16/bf16 models, then back to v's dtype
         probs = scores.float().softmax(dim=-1).to(v.dtype)
-        for hook in self._probs_hooks.values():
+        # free the scores now: the hooks below may copy probs, and three (B, heads, N, M) at once is the peak
+        del scores
+        for hook in hooks:
             replaced = hook(self, probs)
             if replaced is not None:
                 if not isinstance(replaced, torch.Tensor) or replaced.shape != probs.shape:

@@ -20,14 +20,21 @@ What a record holds (``AttentionRecord``)
     ``probs``  ``(B, heads, N_query, N_key)``, every row sums to 1 (``heads`` is 1 with ``average_heads``)
     ``size``   ``(h, w)`` of the query grid, ``h · w = N_query``
 
-Outputs are unchanged: the SD ``Attention`` takes its explicit-softmax path while hooked (see
-``unetlab.attention``), which equals the fused SDPA path up to float rounding (~1e-6 in float32)
-and is the *same* computation as ``attention_backend("explicit")``, bit for bit. Layers the filters
-leave out keep SDPA. Seed 003's ``SelfAttention`` is recorded by recomputing its probabilities
-from its own ``norm``/``qkv`` in a forward pre-hook; its output is not touched at all.
+Outputs are unchanged: an SD ``Attention`` call that is recorded takes the explicit-softmax path
+(see ``unetlab.attention``), which equals the fused SDPA path up to float rounding (~1e-6 in
+float32) and is the *same* computation as ``attention_backend("explicit")``, bit for bit. Seed
+003's ``SelfAttention`` is recorded by recomputing its probabilities from its own ``norm``/``qkv``
+in a forward pre-hook; its output is not touched at all.
+
+Only what is recorded costs memory. Layers that ``kind`` and ``layers`` leave out carry no hook;
+a call that ``max_resolution`` leaves out is refused by the hook's ``wants`` before anything is
+computed, so it keeps SDPA and its ``(B, heads, N, N)`` probabilities never exist (measured in
+``benchmarks/RESULTS.md``: on the tiny config at 48×48, batch 2, self-attention ≤ 24×24 recorded,
+one forward grew 71 MiB, 54 of them the records, where it grew 387 MiB before; on SD 1.5 at 64×64
+the same kind of capture costs what it keeps instead of 2.3 GiB more).
 
 Choosing what to record (memory: SD 1.5's self-attention at a 64×64 latent is 8 × 4096 × 4096
-floats, 512 MiB, per layer, per image, per step)
+floats, 512 MiB, per layer, per image, per step). A selection never comes back empty in silence:
     ``kind``            ``"cross"`` (default), ``"self"`` or ``"both"``
     ``layers``          None (all), a glob on the module path (``"up_blocks.*attn2"``), a compiled
                         ``re.Pattern`` (searched), a callable ``path -> bool``, or a list of these (any
@@ -35,15 +42,22 @@ floats, 512 MiB, per layer, per image, per step)
                         listing the paths it could have matched.
     ``max_resolution``  record self-attention only where the query grid has at most this many
                         positions (an int such as ``32 * 32``, or ``(h, w)``); larger self-attention
-                        layers keep running, unrecorded. Cross-attention maps (``N_key`` = text
-                        tokens) are small and always kept.
+                        layers keep running on SDPA, unrecorded. Cross-attention maps (``N_key`` =
+                        text tokens) are small and always kept. A forward of the model in which the
+                        limit leaves out every hooked layer raises ``ValueError`` listing the grids;
+                        so does a ``max_resolution`` given to a capture that hooks no self-attention.
     ``average_heads``   store the mean over heads (``heads`` = 1): 8× less memory for SD.
     ``batch``           keep only these batch entries (an int, slice or list), e.g. the conditional
-                        half of a classifier-free-guidance batch.
+                        half of a classifier-free-guidance batch. A call whose batch size the
+                        selection does not fit (``batch=1`` on a batch of 1) raises ``ValueError``
+                        naming the batch size, before anything is computed.
     ``to_cpu`` / ``dtype``  where and how records are kept (default: CPU, float32).
 
-Reading the records
-    ``store.select(kind=, layers=, steps=, size=)``       the records that match
+A ``with`` block that records nothing (the model never called inside it) raises ``ValueError`` at its end.
+
+Reading the records (a ``kind``, ``layers``, ``steps`` or ``size`` that matches no record raises
+``ValueError`` listing what the store holds; so does a step label that was never recorded)
+    ``store.select(kind=, layers=, steps=, size=)``       the records that match (never empty)
     ``store.maps_for_token(token, ...)``                  ``{layer: (B, h, w)}`` cross-attention to a token
     ``store.maps_for_query(y, x, ...)``                   ``{layer: (B, h, w)}`` self-attention of one pixel
     ``store.aggregate(token=... | query=..., size=...)``  upsample to one size, mean over layers
@@ -127,6 +141,13 @@ def short_layer_name(path: str) -> str:
     return f"{head}.{attn}{tpart}.{leaf}"
 
 
+def _shorten(items: list, n: int = 6) -> str:
+    """``[a, b, c, … (N in all)]``: a list short enough for an error message."""
+    items = list(items)
+    shown = ", ".join(repr(i) if not isinstance(i, str) else i for i in items[:n])
+    return f"[{shown}{f', … ({len(items)} in all)' if len(items) > n else ''}]"
+
+
 def _as_size(value, name: str) -> int | None:
     if value is None:
         return None
@@ -159,14 +180,43 @@ def _layer_matcher(layers) -> Callable[[str], bool]:
     )
 
 
-def _select_batch(probs: torch.Tensor, batch) -> torch.Tensor:
+def _check_batch(batch):
+    """Validate the type of ``capture_attention(batch=...)``; returns it (a list for sequences)."""
+    if batch is None or isinstance(batch, slice):
+        return batch
+    if isinstance(batch, int) and not isinstance(batch, bool):
+        return batch
+    if isinstance(batch, (list, tuple, range)):
+        rows = list(batch)
+        if not rows:
+            raise ValueError("batch must not be an empty list; use None for every batch entry")
+        if not all(isinstance(b, int) and not isinstance(b, bool) for b in rows):
+            raise TypeError(f"batch entries must be ints, got {rows!r}")
+        return rows
+    raise TypeError(f"batch must be None, an int, a slice or a list of ints, got {type(batch).__name__}")
+
+
+def _batch_rows(batch, size: int) -> list[int] | None:
+    """The rows ``batch`` selects from a call of batch size ``size`` (None: all of them).
+
+    Raises ``ValueError`` naming the batch size when ``batch`` does not fit this call:
+    an index outside ``[-size, size)`` or a slice that selects nothing.
+    """
     if batch is None:
-        return probs
-    if isinstance(batch, int):
-        return probs[batch : batch + 1] if batch != -1 else probs[-1:]
+        return None
     if isinstance(batch, slice):
-        return probs[batch]
-    return probs[list(batch)]
+        rows = list(range(size))[batch]
+        if not rows:
+            raise ValueError(f"batch={batch!r} selects no entry of a call with batch size {size}")
+        return rows
+    indices = [batch] if isinstance(batch, int) else batch
+    outside = [b for b in indices if not -size <= b < size]
+    if outside:
+        raise ValueError(
+            f"batch={batch!r} does not fit a call with batch size {size}: "
+            f"{outside} {'is' if len(outside) == 1 else 'are'} outside [{-size}, {size})"
+        )
+    return [b % size for b in indices]
 
 
 class AttentionStore:
@@ -246,32 +296,60 @@ class AttentionStore:
 
     def select(self, *, kind: str | None = None, layers=None, steps=None, size=None) -> list[AttentionRecord]:
         """Records of one ``kind`` ("self"/"cross"/None: both), ``layers`` (filter as in
-        ``capture_attention``), ``steps`` (a label or a list of labels) and ``size`` ((h, w))."""
+        ``capture_attention``), ``steps`` (a label or a list of labels) and ``size`` ((h, w)).
+
+        Never returns an empty list: raises ``ValueError`` when the store is empty, when one
+        argument matches none of the records (the message lists the kinds, layers, steps or sizes
+        recorded), when a step label was never recorded, or when the arguments together match nothing.
+        """
         if kind not in (None, "self", "cross"):
             raise ValueError(f"kind must be 'self', 'cross' or None, got {kind!r}")
-        match = _layer_matcher(layers)
-        if steps is not None and not isinstance(steps, (list, tuple, set)):
-            steps = [steps]
+        if not self.records:
+            raise ValueError(
+                "the store holds no records: record inside `with capture_attention(model) as store:` by calling the model there"
+            )
+        records = self.records
+        if kind is not None:
+            records = [r for r in records if r.kind == kind]
+            if not records:
+                kinds = sorted({r.kind for r in self.records})
+                raise ValueError(
+                    f"no {kind}-attention records: the store holds only {'/'.join(kinds)}-attention records "
+                    f"({len(self.records)}); capture with kind={kind!r} or 'both'"
+                )
+        if layers is not None:
+            match = _layer_matcher(layers)
+            recorded = list(dict.fromkeys(r.layer for r in records))
+            records = [r for r in records if match(r.layer)]
+            if not records:
+                raise ValueError(
+                    f"layers={layers!r} matches none of the {len(recorded)} layers recorded"
+                    f"{f' with kind={kind!r}' if kind else ''}: {_shorten(recorded)}"
+                )
+        if steps is not None:
+            wanted = list(steps) if isinstance(steps, (list, tuple, set)) else [steps]
+            if not wanted:
+                raise ValueError("steps must not be an empty list; use None for every step")
+            recorded_steps = list(dict.fromkeys(r.step for r in records))
+            missing = [label for label in wanted if label not in recorded_steps]
+            if missing:
+                where = " for these kinds and layers" if kind is not None or layers is not None else ""
+                raise ValueError(
+                    f"steps {missing!r} were never recorded{where}; the steps recorded are {_shorten(recorded_steps, 12)} "
+                    "(set store.step = label before each forward to label them)"
+                )
+            records = [r for r in records if r.step in wanted]
         if size is not None:
             size = tuple(size)
-        out = [
-            r
-            for r in self.records
-            if (kind is None or r.kind == kind)
-            and match(r.layer)
-            and (steps is None or r.step in steps)
-            and (size is None or r.size == size)
-        ]
-        return out
-
-    def _select_nonempty(self, kind, layers, steps) -> list[AttentionRecord]:
-        records = self.select(kind=kind, layers=layers, steps=steps)
+            recorded_sizes = sorted({r.size for r in records}, key=lambda s: -s[0] * s[1])
+            records = [r for r in records if r.size == size]
+            if not records:
+                raise ValueError(f"size={size!r} was not recorded; the grids recorded are {recorded_sizes}")
         if not records:
-            have = ", ".join(sorted({f"{r.kind}" for r in self.records})) or "nothing"
             raise ValueError(
-                f"no {kind}-attention records match layers={layers!r}, steps={steps!r}; "
-                f"the store holds {len(self.records)} records ({have}) of layers {self.layers[:4]}"
-                f"{' …' if len(self.layers) > 4 else ''} and steps {self.steps[:6]}"
+                f"no records match kind={kind!r}, layers={layers!r}, steps={steps!r}, size={size!r} together; "
+                f"the store holds {len(self.records)} records of layers {_shorten(self.layers)} and steps "
+                f"{_shorten(self.steps, 12)}"
             )
         return records
 
@@ -319,7 +397,7 @@ class AttentionStore:
         tokens = [token] if isinstance(token, int) else list(token)
         if not tokens or not all(isinstance(t, int) for t in tokens):
             raise ValueError(f"token must be an int or a list of ints, got {token!r}")
-        records = self._select_nonempty("cross", layers, steps)
+        records = self.select(kind="cross", layers=layers, steps=steps)
         n_keys = records[0].num_keys
         for t in tokens:
             if not -n_keys <= t < n_keys:
@@ -336,7 +414,7 @@ class AttentionStore:
         ``relative=True`` fractions in ``[0, 1)`` of height and width, mapped onto each layer's grid.
         Returns ``{layer path: (B, [steps,] [heads,] h, w)}``: row ``y·w + x`` of the probabilities.
         """
-        records = self._select_nonempty("self", layers, steps)
+        records = self.select(kind="self", layers=layers, steps=steps)
 
         def row(r: AttentionRecord) -> torch.Tensor:
             h, w = r.size
@@ -502,16 +580,28 @@ def capture_attention(
 ) -> Iterator[AttentionStore]:
     """Record attention probabilities of ``model`` inside a ``with`` block; yields an ``AttentionStore``.
 
-    See the module docstring for the arguments. Raises ``ValueError`` when ``kind`` is unknown,
-    when the model has no attention layers of that kind, or when ``layers`` matches none of them
-    (the message lists the paths that exist). Every hook is removed on exit, also on an exception;
-    the records stay in the store. ``store=`` appends to an existing store (e.g. a second capture).
+    See the module docstring for the arguments. Only what is recorded costs memory: layers that
+    ``kind`` and ``layers`` leave out carry no hook at all, and a call that ``max_resolution``
+    leaves out keeps SDPA (the hook's ``wants`` says no before anything is computed), so the
+    ``(B, heads, N, N)`` probabilities of an unrecorded layer are never built.
+
+    Raises ``ValueError`` (the message names what it saw and what would fit):
+      * at entry: ``kind`` unknown; the model has no attention layers of that kind; ``layers``
+        matches none of them (the paths that exist are listed); ``max_resolution`` not positive, or
+        given while no self-attention layer is hooked;
+        ``batch`` an empty list (``TypeError`` for a ``batch`` of another type);
+      * at a call: ``batch`` does not fit the call's batch size; a forward of ``model`` ran hooked
+        layers but recorded none of them (``max_resolution`` below every grid in that forward);
+      * at the end of the ``with`` block: nothing was recorded (the model was never called inside).
+    Every hook is removed on exit, also on an exception; the records stay in the store.
+    ``store=`` appends to an existing store (e.g. a second capture).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
     max_queries = _as_size(max_resolution, "max_resolution")
+    batch = _check_batch(batch)
     available = attention_layers(model)
     if not available:
         raise ValueError(
@@ -527,12 +617,16 @@ def capture_attention(
     match = _layer_matcher(layers)
     chosen = {p: k for p, k in of_kind.items() if match(p)}
     if not chosen:
-        listed = list(of_kind)
-        shown = ", ".join(listed[:6]) + (f", … ({len(listed)} in all)" if len(listed) > 6 else "")
         raise ValueError(
             f"layers={layers!r} matches none of the {kind}-attention layers of {type(model).__name__}. "
-            f"Layer paths look like: {shown}. Strings are globs on the full path (use '*', "
+            f"Layer paths look like: {_shorten(of_kind)}. Strings are globs on the full path (use '*', "
             "e.g. '*attn2' or 'up_blocks.*'); pass re.compile(...) for a regular expression."
+        )
+    if max_queries is not None and "self" not in chosen.values():
+        raise ValueError(
+            f"max_resolution={max_resolution!r} bounds self-attention only, and this capture hooks none "
+            f"(kind={kind!r}, layers={layers!r} select {len(chosen)} cross-attention layers); "
+            "drop max_resolution, or record kind='self' or 'both'"
         )
 
     store = store if store is not None else AttentionStore()
@@ -552,14 +646,29 @@ def capture_attention(
                 owner[path] = parent
                 break
 
+    # what this capture saw: calls of hooked layers and how many were recorded, in all and in
+    # the model forward now running (a forward that records nothing is an error, not a silence)
+    seen = {"calls": 0, "recorded": 0}
+    this_forward = {"skipped": [], "recorded": 0}
+
     def remember_size(module, args):
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and x.ndim == 4:
             current_size[id(module)] = (int(x.shape[-2]), int(x.shape[-1]))
 
+    def wanted(path: str, layer_kind: str, batch_size: int, num_queries: int) -> bool:
+        # asked before a hooked layer computes anything: True = build and record the probabilities
+        seen["calls"] += 1
+        _batch_rows(batch, batch_size)  # raises when the selection does not fit this call
+        if layer_kind == "self" and max_queries is not None and num_queries > max_queries:
+            this_forward["skipped"].append((path, num_queries))
+            return False
+        return True
+
     def keep(probs: torch.Tensor) -> torch.Tensor:
         # (B, heads, N_query, N_key): detached, optionally fewer images / heads, moved, cast
-        kept = _select_batch(probs.detach(), batch)
+        rows = _batch_rows(batch, probs.shape[0])
+        kept = probs.detach() if rows is None else probs.detach()[rows]
         if average_heads:
             kept = kept.float().mean(dim=1, keepdim=True)
         if to_cpu:
@@ -571,13 +680,22 @@ def capture_attention(
             kept = kept.clone()
         return kept
 
+    def record(path: str, layer_kind: str, probs: torch.Tensor, size: tuple[int, int]) -> None:
+        store._add(path, layer_kind, keep(probs), size)
+        seen["recorded"] += 1
+        this_forward["recorded"] += 1
+
+    def make_wants(path: str, layer_kind: str):
+        def wants(module: Attention, batch_size: int, num_queries: int, num_keys: int) -> bool:
+            return wanted(path, layer_kind, batch_size, num_queries)
+
+        return wants
+
     def make_attention_hook(path: str, layer_kind: str):
         def hook(module: Attention, probs: torch.Tensor):
             n = probs.shape[2]
-            if layer_kind == "self" and max_queries is not None and n > max_queries:
-                return None
             size = _grid_size(n, current_size.get(id(owner[path])) if path in owner else None)
-            store._add(path, layer_kind, keep(probs), size)
+            record(path, layer_kind, probs, size)
             return None
 
         return hook
@@ -587,15 +705,28 @@ def capture_attention(
             x = args[0]
             if not (isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] == module.channels):
                 return None  # let SelfAttention.forward raise its own clear error
-            n = x.shape[-2] * x.shape[-1]
-            if max_queries is not None and n > max_queries:
+            if not wanted(path, "self", x.shape[0], x.shape[-2] * x.shape[-1]):
                 return None
             with torch.no_grad():
                 probs = _self_attention_probs(module, x)
-            store._add(path, "self", keep(probs), (int(x.shape[-2]), int(x.shape[-1])))
+            record(path, "self", probs, (int(x.shape[-2]), int(x.shape[-1])))
             return None
 
         return pre_hook
+
+    def forward_starts(module, args):
+        this_forward["skipped"], this_forward["recorded"] = [], 0
+
+    def forward_ends(module, args, output):
+        if this_forward["skipped"] and not this_forward["recorded"]:
+            grids = sorted({n for _, n in this_forward["skipped"]}, reverse=True)
+            raise ValueError(
+                f"capture_attention recorded nothing in this forward of {type(model).__name__}: "
+                f"max_resolution={max_resolution!r} ({max_queries} query positions) is below every hooked "
+                f"self-attention layer it ran, whose query grids had {grids} positions "
+                f"({len(this_forward['skipped'])} calls, e.g. {this_forward['skipped'][0][0] or type(model).__name__}). "
+                "Raise max_resolution, or record kind='cross'."
+            )
 
     try:
         for transformer in {id(m): m for m in owner.values()}.values():
@@ -603,10 +734,24 @@ def capture_attention(
         for path, layer_kind in chosen.items():
             module = modules[path]
             if isinstance(module, Attention):
-                handles.append(module.register_probs_hook(make_attention_hook(path, layer_kind)))
+                handles.append(
+                    module.register_probs_hook(make_attention_hook(path, layer_kind), wants=make_wants(path, layer_kind))
+                )
             else:
                 handles.append(module.register_forward_pre_hook(make_self_attention_hook(path)))
+        # prepend: the count must restart before the layer hooks of the same module run (a model that is one layer)
+        handles.append(model.register_forward_pre_hook(forward_starts, prepend=True))
+        handles.append(model.register_forward_hook(forward_ends))
         yield store
+        if not seen["recorded"]:
+            if seen["calls"]:
+                why = (
+                    f"the hooked layers ran {seen['calls']} times but max_resolution={max_resolution!r} "
+                    "left every call out"
+                )
+            else:
+                why = "no hooked layer ran inside the with block: call the model inside it"
+            raise ValueError(f"capture_attention recorded nothing ({len(chosen)} {kind}-attention layers hooked): {why}")
     finally:
         for handle in handles:
             handle.remove()

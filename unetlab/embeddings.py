@@ -2,7 +2,7 @@
 
 One function covers both variants the course compares (chapter 4):
 
-* seed 003's ``TimeEmbedding``: frequencies ``exp(-ln(10000) * i / (half - 1))``, ``[sin, cos]``
+* study note 003's ``TimeEmbedding``: frequencies ``exp(-ln(10000) * i / (half - 1))``, ``[sin, cos]``
   -> ``sinusoidal_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=1)``
 * Stable Diffusion's ``Timesteps(320, flip_sin_to_cos=True, downscale_freq_shift=0)``:
   frequencies ``exp(-ln(10000) * i / half)``, ``[cos, sin]``

@@ -1,39 +1,47 @@
-"""Chapter 1's textbook UNet: seed 003 §19.3, with its two bugs fixed.
+"""Chapter 1's textbook UNet: study note 003 §19.3, with its two bugs fixed.
 
-The structure and the names are the seed's (``time_embed``, ``down1``, ``down2``,
+The structure and the names are the note's (``time_embed``, ``down1``, ``down2``,
 ``bottleneck``, ``up1``, ``up2``, ``out``), so a learner can read this file next to the
-seed. What changed, and why:
+note. What changed, and why:
 
-* **Bug 1, construction.** The seed's ``ResBlock`` builds ``nn.GroupNorm(8, in_channels)``;
+* **Bug 1, construction.** The note's ``ResBlock`` builds ``nn.GroupNorm(8, in_channels)``;
   for ``in_channels=4`` (a Stable Diffusion latent) that is ``GroupNorm(8, 4)``, which
   PyTorch refuses: 4 channels cannot be split into 8 groups. Here every GroupNorm uses
   :func:`norm_groups`: the largest divisor of 8 that also divides the channel count
-  (``gcd(8, C)``). For the 64/128-channel layers this is the seed's 8, unchanged; only the
+  (``gcd(8, C)``). For the 64/128-channel layers this is the note's 8, unchanged; only the
   very first norm, on the 4 input channels, gets 4 groups (one channel per group).
   We chose this over adding a ``conv_in`` stem (what Stable Diffusion does) because it
-  keeps the seed's modules, names and parameter count, and it works for any channel count.
-* **Bug 2, forward.** The seed's ``UpBlock`` assumes the skip has as many channels as the
+  keeps the note's modules, names and parameter count, and it works for any channel count.
+* **Bug 2, forward.** The note's ``UpBlock`` assumes the skip has as many channels as the
   block's output (``ResBlock(out_channels * 2, ...)``). For ``up1`` the skip comes from
   ``down2`` and has ``2 * base_channels`` channels, so the concatenation holds
   ``base + 2 * base`` channels (64 + 128 = 192) while the ResBlock was built for 128.
   Here ``UpBlock`` is told its skip's channel count: ``ResBlock(out_channels + skip_channels, ...)``.
 
-Beyond the seed:
+Beyond the note:
 
 * ``SimpleUNet(use_skips=False)``: a UNet without skip connections (the up blocks get
   no concatenation); chapter 3 trains both.
 * ``forward(x, timestep, skip_scale={"up1": 0.0})``: multiply the skip that one up block
   receives by a factor at inference (0.0 drops that resolution's skip); chapter 3 uses it.
+* ``forward(x, timestep, skip_replace={"up2": fn})``: replace that skip by ``fn(skip)`` (same
+  shape), e.g. the mean over other images or another image's skip: chapter 3's ablations.
 * The timestep may be a Python number, a 0-d tensor or a ``(B,)`` tensor, and bad input
   (wrong channel count, a spatial size the down/up path cannot restore) raises a
   ``ValueError`` that says what was expected.
 
-The embedded timestep is called ``time_emb`` everywhere (the seed says ``t_emb``).
+Kept as printed, although diffusers does it differently: the time path. ``TimeEmbedding`` ends in
+a ``Linear`` and each ``ResBlock.time_mlp`` is a ``Linear`` applied to its output directly, so the
+two compose into one linear map (``TimeEmbedding``'s last layer adds parameters, not expressive
+power). diffusers' ``ResnetBlock2D`` applies SiLU to ``temb`` before ``time_emb_proj``. Chapter 1
+shows the collapse numerically; the shipped checkpoints were trained with the note's time path.
+
+The embedded timestep is called ``time_emb`` everywhere (the note says ``t_emb``).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -48,7 +56,7 @@ def norm_groups(channels: int, max_groups: int = 8) -> int:
 
     That is the largest divisor of ``max_groups`` that also divides ``channels`` (not the
     largest divisor of ``channels`` below ``max_groups``: ``gcd(8, 12) = 4``, not 6), so the
-    count is always 8, 4, 2 or 1: ``gcd(8, 64) = 8`` (the seed's choice), ``gcd(8, 4) = 4``,
+    count is always 8, 4, 2 or 1: ``gcd(8, 64) = 8`` (the note's choice), ``gcd(8, 4) = 4``,
     ``gcd(8, 3) = 1``.
     """
     return math.gcd(max_groups, channels)
@@ -58,7 +66,7 @@ class TimeEmbedding(nn.Module):
     """Timestep embedding: sinusoidal features of ``t`` followed by a 2-layer MLP.
 
     ``dim`` sines/cosines go in, ``4 * dim`` features come out (the ``time_emb`` every
-    ResBlock receives). The sinusoidal part is the seed's variant,
+    ResBlock receives). The sinusoidal part is the note's variant,
     ``exp(-ln(10000) * i / (dim/2 - 1))`` with ``[sin | cos]`` order, which is
     ``sinusoidal_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=1)``.
     """
@@ -80,7 +88,7 @@ class TimeEmbedding(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Residual block with time conditioning (seed 003's, GroupNorm groups fixed).
+    """Residual block with time conditioning (study note 003's, GroupNorm groups fixed).
 
     ``h = conv1(relu(norm1(x))) + time_mlp(time_emb)`` broadcast over H×W, then
     ``conv2(relu(norm2(h)))`` plus the (1×1-projected if needed) input.
@@ -97,7 +105,7 @@ class ResBlock(nn.Module):
             self.skip = nn.Conv2d(in_channels, out_channels, 1)
         else:
             self.skip = nn.Identity()
-        # Bug 1 fix: the seed's GroupNorm(8, C) fails for C = 4; gcd(8, C) groups always divide C.
+        # Bug 1 fix: the note's GroupNorm(8, C) fails for C = 4; gcd(8, C) groups always divide C.
         self.norm1 = nn.GroupNorm(norm_groups(in_channels), in_channels)
         self.norm2 = nn.GroupNorm(norm_groups(out_channels), out_channels)
 
@@ -132,7 +140,7 @@ class DownBlock(nn.Module):
 class UpBlock(nn.Module):
     """Transposed conv that doubles H and W, concatenation with the skip, then a ResBlock.
 
-    ``skip_channels`` is the channel count of the skip this block receives (the seed
+    ``skip_channels`` is the channel count of the skip this block receives (the note
     assumed it equals ``out_channels``, which is wrong for ``up1``: bug 2). With
     ``skip_channels=0`` there is no concatenation and ``forward`` takes ``skip=None``.
     """
@@ -143,7 +151,7 @@ class UpBlock(nn.Module):
             raise ValueError(f"skip_channels must be >= 0, got {skip_channels}")
         self.skip_channels = skip_channels
         self.up = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)
-        # Bug 2 fix: the ResBlock sees up-path channels + skip channels (the seed had out_channels * 2).
+        # Bug 2 fix: the ResBlock sees up-path channels + skip channels (the note had out_channels * 2).
         self.res = ResBlock(out_channels + skip_channels, out_channels, time_emb_dim)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None, time_emb: torch.Tensor) -> torch.Tensor:
@@ -164,7 +172,7 @@ class UpBlock(nn.Module):
 
 
 class SimpleUNet(nn.Module):
-    """Seed 003's simplified UNet, working: two down blocks, a bottleneck, two up blocks.
+    """Study note 003's simplified UNet, working: two down blocks, a bottleneck, two up blocks.
 
     ``SimpleUNet(in_channels=4, out_channels=4, base_channels=64, use_skips=True)``
 
@@ -238,16 +246,46 @@ class SimpleUNet(nn.Module):
             raise ValueError(f"skip_scale keys must be among {sorted(self.SKIP_RESOLUTIONS)}, got {sorted(map(str, unknown))}")
         return {name: float(value) for name, value in skip_scale.items()}
 
-    def forward(self, x: torch.Tensor, timestep, skip_scale: Mapping[str, float] | None = None) -> torch.Tensor:
+    def _skip_replacements(self, skip_replace) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        if skip_replace is None:
+            return {}
+        if not isinstance(skip_replace, Mapping):
+            raise TypeError(
+                f"skip_replace must be None or a dict like {{'up2': fn}}, got {type(skip_replace).__name__}"
+            )
+        if skip_replace and not self.use_skips:
+            raise ValueError("this SimpleUNet was built with use_skips=False: it has no skips to replace")
+        unknown = set(skip_replace) - set(self.SKIP_RESOLUTIONS)
+        if unknown:
+            raise ValueError(f"skip_replace keys must be among {sorted(self.SKIP_RESOLUTIONS)}, got {sorted(map(str, unknown))}")
+        for name, fn in skip_replace.items():
+            if not callable(fn):
+                raise TypeError(f"skip_replace[{name!r}] must be a function skip -> tensor, got {type(fn).__name__}")
+        return dict(skip_replace)
+
+    @staticmethod
+    def _replaced(name: str, fn, skip: torch.Tensor) -> torch.Tensor:
+        new = fn(skip)
+        if not isinstance(new, torch.Tensor) or new.shape != skip.shape:
+            got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+            raise ValueError(f"skip_replace[{name!r}] must return a tensor of the skip's shape {tuple(skip.shape)}, got {got}")
+        return new
+
+    def forward(self, x: torch.Tensor, timestep, skip_scale: Mapping[str, float] | None = None,
+                skip_replace: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> torch.Tensor:
         """Predict a ``(B, out_channels, H, W)`` tensor from ``x`` ``(B, in_channels, H, W)`` at ``timestep``.
 
         ``timestep``: a Python number, a 0-d tensor, or a ``(B,)`` tensor.
         ``skip_scale``: optional ``{"up1": a, "up2": b}``; the skip entering that up block is
         multiplied by the factor before the concatenation (0.0 drops it, keeping the channel
         count so a trained model still runs). ``up1``'s skip is at H/2, ``up2``'s at full H.
+        ``skip_replace``: optional ``{"up1": fn}``; the skip entering that up block is replaced by
+        ``fn(skip)``, which must return a tensor of the same shape (applied after ``skip_scale``).
+        Raises ``ValueError``/``TypeError`` for bad input, unknown keys, or a wrong replacement shape.
         """
         self._check_input(x)
         scales = self._skip_scales(skip_scale)
+        replace = self._skip_replacements(skip_replace)
         # (B,) timesteps, whatever form they came in
         t = timestep_batch(timestep, x.shape[0], device=x.device)
         # (B,) -> (B, 4 * base_channels)
@@ -263,6 +301,8 @@ class SimpleUNet(nn.Module):
         else:
             skip2 = skip2 * scales["up1"] if "up1" in scales else skip2
             skip1 = skip1 * scales["up2"] if "up2" in scales else skip1
+            skip2 = self._replaced("up1", replace["up1"], skip2) if "up1" in replace else skip2
+            skip1 = self._replaced("up2", replace["up2"], skip1) if "up2" in replace else skip1
         # Decoder: (B, C, H/2, W/2)
         h = self.up1(h, skip2, time_emb)
         # (B, C, H, W)

@@ -1,4 +1,4 @@
-"""Plots for denoising experiments: image grids, loss curves, quality against noise level, skip norms.
+"""Plots for denoising experiments: image grids, loss curves, quality against noise level.
 
 Every function draws into a new figure (or the ``ax`` given) and returns the ``Figure``.
 Images are expected in [-1, 1] (the data's range) and shown in [0, 1].
@@ -11,7 +11,7 @@ import torch
 
 from ..data import to_unit_range
 
-__all__ = ["show_images", "show_reconstructions", "plot_loss_curves", "plot_quality_vs_t", "plot_skip_norms"]
+__all__ = ["show_images", "show_reconstructions", "plot_loss_curves", "plot_quality_vs_t"]
 
 
 def _as_rgb(image: torch.Tensor) -> np.ndarray:
@@ -71,38 +71,29 @@ def plot_loss_curves(curves: dict[str, list[float]], smooth: int = 20, ax=None, 
     return fig
 
 
-def plot_quality_vs_t(results: dict[str, dict[int, dict[str, float]]], metric: str = "psnr", ax=None, title: str | None = None):
-    """``results``: label -> {t: {"psnr": .., "mse": ..}} (from ``denoising_quality``); one line per label."""
+def plot_quality_vs_t(results: dict[str, dict[int, dict[str, float]]], metric: str = "psnr", ax=None, title: str | None = None,
+                      styles: dict[str, dict] | None = None):
+    """``results``: label -> {t: {"psnr": .., "mse": ..}} (from ``denoising_quality``); one line per label.
+
+    ``styles``: optional label -> matplotlib line keywords (e.g. ``{"ls": ":", "color": "gray"}`` for a
+    baseline); a label not in it gets solid lines with round markers. ``ValueError`` for an unknown metric.
+    """
     if metric not in ("psnr", "mse"):
         raise ValueError(f"metric must be 'psnr' or 'mse', got {metric!r}")
+    unknown = set(styles or {}) - set(results)
+    if unknown:
+        raise ValueError(f"styles names labels that are not in results: {sorted(unknown)}")
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.8))
     for label, per_t in results.items():
         ts = sorted(per_t)
-        ax.plot(ts, [per_t[t][metric] for t in ts], marker="o", markersize=4, label=label)
+        style = {"marker": "o", "markersize": 4, **(styles or {}).get(label, {})}
+        ax.plot(ts, [per_t[t][metric] for t in ts], label=label, **style)
     ax.set_xlabel("timestep t (more noise →)")
     ax.set_ylabel("PSNR of predicted x0 (dB)" if metric == "psnr" else "MSE of predicted x0")
     if metric == "mse":
         ax.set_yscale("log")
     ax.set_title(title or f"{metric.upper()} of the clean-image estimate vs t")
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_skip_norms(names: list[str], skip_rms: list[float], up_rms: list[float] | None = None, ax=None,
-                    title: str = "RMS of each skip tensor"):
-    """Bars: the RMS of each skip tensor, optionally next to the RMS of the up-path tensor it is joined to."""
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(max(6, 0.55 * len(names)), 3.8))
-    x = np.arange(len(names))
-    width = 0.4 if up_rms is not None else 0.7
-    ax.bar(x - (width / 2 if up_rms is not None else 0), skip_rms, width, label="skip")
-    if up_rms is not None:
-        ax.bar(x + width / 2, up_rms, width, label="up path at the concatenation")
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("RMS")
-    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     return fig

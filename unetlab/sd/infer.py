@@ -28,6 +28,13 @@ API
     for the rule and its limits.
 ``unet_facts(state_dict) -> dict``
     Only what the tensors determine (the fields a user-given config must agree with).
+``config_disagreements(config, facts) -> list[str]``
+    One line per field of a ``UNetConfig`` that the tensors contradict ("the checkpoint's
+    conv_in takes 9 channels (4 latent + 1 mask + 4 masked image: an inpainting model); config
+    says 4 (in_channels)"); empty when they agree. The pipeline loader can test a base
+    pipeline's config against a single file this way without reading the file twice.
+``describe_contents(keys) -> str``
+    What a checkpoint without a UNet holds (VAE, text encoder, ControlNet, LoRA …), for errors.
 ``IN_CHANNEL_MEANINGS``
     ``conv_in`` width -> what the channels are (4, 5, 7, 8, 9).
 """
@@ -48,10 +55,10 @@ from unetlab.sd.ldm_keys import (
     EMA_BOOKKEEPING,
     LDM_EMA_PREFIX,
     LDM_UNET_PREFIX,
-    KeyMap,
     ldm_to_diffusers,
     split_ema_key,
 )
+from unetlab.sd.weight_files import CheckpointError, read_checkpoint
 
 __all__ = [
     "UNetWeights",
@@ -59,6 +66,8 @@ __all__ = [
     "infer_unet_config",
     "infer_prediction_type",
     "unet_facts",
+    "config_disagreements",
+    "describe_contents",
     "IN_CHANNEL_MEANINGS",
     "PREDICTION_TYPES",
 ]
@@ -75,10 +84,10 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # global_step of the SD 2.0-base (512 px, ε) checkpoint: diffusers' one exception to "SD 2.x is v"
 SD20_BASE_GLOBAL_STEP = 875000
 _EMA_HEAD = LDM_EMA_PREFIX + "diffusion_model"
-
-
-class CheckpointError(ValueError):
-    """A weights file or folder that cannot be loaded into the UNet; the message says why."""
+_PASS_CONFIG = (
+    "\nIf it is an SD UNet that SDUNet builds, pass config= (a preset name, a UNetConfig or its config.json "
+    "dict); the loader then lists each tensor that does not fit."
+)
 
 
 # ---- which tensors are the UNet -------------------------------------------------------------
@@ -113,30 +122,43 @@ def _has_ema(state_dict: Mapping[str, Any]) -> bool:
 
 
 def select_unet_weights(
-    state_dict: Mapping[str, Any], ema: bool | None = None, *, origin: str = "checkpoint", warn: bool = True
+    state_dict: Mapping[str, Any],
+    ema: bool | None = None,
+    *,
+    origin: str = "checkpoint",
+    warn: bool = True,
+    stacklevel: int = 2,
 ) -> UNetWeights:
     """The UNet tensors of ``state_dict`` (a whole checkpoint is fine), one copy; see the module doc.
 
+    Only the chosen copy's values are looked up, so a lazy mapping (the loader's view of a
+    ``.safetensors`` file) reads nothing else from disk.
+
     Raises :class:`CheckpointError` (a ``ValueError``) when there is no UNet, or when ``ema=``
     names a copy the file does not hold; ``TypeError`` for an ``ema`` that is not None/True/False.
-    Warns (``UserWarning``) when both copies exist and ``ema=None`` (``warn=False`` silences it).
+    Warns (``UserWarning``, ``stacklevel`` frames up) when both copies exist and ``ema=None``
+    (``warn=False`` silences it).
     """
     if ema is not None and not isinstance(ema, bool):
         raise TypeError(f"ema must be None, True or False, got {ema!r}")
     keys = list(state_dict)
-    if "conv_in.weight" in state_dict:
+    if any(k.startswith(("controlnet_cond_embedding.", "controlnet_down_blocks.", "control_model.")) for k in keys):
+        # a ControlNet has conv_in and down blocks too, but no up path: not a UNet to sample with
+        raise CheckpointError(f"{origin}: no UNet in it.\n{describe_contents(keys)}")
+    if "conv_in.weight" in keys:
         if ema:
             raise CheckpointError(
                 f"ema=True, but {origin} uses diffusers names (conv_in.weight …) and holds one UNet, "
                 "no EMA copy (model_ema.* keys exist only in original training checkpoints). Pass ema=None."
             )
-        tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-        return UNetWeights(tensors, "diffusers", "diffusers")
-    training = {k[len(LDM_UNET_PREFIX):]: v for k, v in state_dict.items() if k.startswith(LDM_UNET_PREFIX)}
+        tensors = {k: state_dict[k] for k in keys}
+        return UNetWeights({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}, "diffusers", "diffusers")
+    # names only: values are read below, for the chosen copy
+    training = [k for k in keys if k.startswith(LDM_UNET_PREFIX)]
     copy = "training"
     if not training and any(k.startswith(("input_blocks.", "middle_block.", "output_blocks.")) for k in keys):
-        training, copy = dict(state_dict), "bare"
-    has_ema = _has_ema(state_dict)
+        training, copy = keys, "bare"
+    has_ema = _has_ema(keys)
     if not training and not has_ema:
         raise CheckpointError(f"{origin}: no UNet in it.\n{describe_contents(keys)}")
     if ema is None:
@@ -147,7 +169,7 @@ def select_unet_weights(
                 "default. The EMA weights are usually better for inference (they are what the '-emaonly' files "
                 "hold): pass ema=True to load them (diffusers: extract_ema=True), or ema=False to silence this.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
         use_ema = not training
     elif ema:
@@ -166,8 +188,9 @@ def select_unet_weights(
             )
         use_ema = False
     if not use_ema:
-        return UNetWeights(training, "ldm", copy)
-    ema_tensors = {k: v for k, v in state_dict.items() if k.startswith(_EMA_HEAD) and k not in EMA_BOOKKEEPING}
+        cut = len(LDM_UNET_PREFIX) if copy == "training" else 0
+        return UNetWeights({k[cut:]: state_dict[k] for k in training}, "ldm", copy)
+    ema_tensors = {k: state_dict[k] for k in keys if k.startswith(_EMA_HEAD) and k not in EMA_BOOKKEEPING}
     # dotted names, read back from the grammar (exact mapping happens once the config is known)
     read_back = {}
     for k, v in ema_tensors.items():
@@ -182,7 +205,8 @@ def describe_contents(keys) -> str:
         ("a VAE (first_stage_model.* / encoder.* / decoder.*)", ("first_stage_model.", "encoder.", "decoder.", "vae.")),
         ("a text encoder (cond_stage_model.* / conditioner.* / text_model.*)",
          ("cond_stage_model.", "conditioner.", "text_model.", "transformer.text_model.")),
-        ("a ControlNet (control_model.* / controlnet_cond_embedding.*)", ("control_model.", "controlnet_cond_embedding.")),
+        ("a ControlNet (control_model.* / controlnet_cond_embedding.*): it steers a UNet, load the UNet "
+         "from the base model", ("control_model.", "controlnet_cond_embedding.", "controlnet_down_blocks.")),
     ]
     found = [name for name, prefixes in kinds if any(k.startswith(prefixes) for k in keys)]
     lora = any(("lora_" in k or ".lora." in k or "lora_down" in k or "lora_A" in k) for k in keys)
@@ -230,7 +254,9 @@ def _ldm_skeleton(ldm: Mapping[str, torch.Tensor]) -> dict:
             levels[-1].append(i)
     per_level = [len(level) for level in levels]
     if not entries or 0 in per_level:
-        raise CheckpointError(f"cannot read the down path: input_blocks {entries} split by downsamplers into {per_level}")
+        raise CheckpointError(
+            f"cannot read the down path: input_blocks {entries} split by downsamplers into {per_level}" + _PASS_CONFIG
+        )
     layers = per_level[0]
     if len(set(per_level)) != 1:
         problems.append(f"levels have different numbers of ResNets ({per_level}); SDUNet has one layers_per_block")
@@ -254,7 +280,7 @@ def _ldm_skeleton(ldm: Mapping[str, torch.Tensor]) -> dict:
     elif any(k.startswith("label_emb.") for k in keys):
         problems.append("class-label embedding (label_emb.weight: e.g. the x4 upscaler's noise level) is not in SDUNet")
     if problems:
-        raise CheckpointError("this UNet's layout is not one SDUNet builds:\n    " + "\n    ".join(problems))
+        raise CheckpointError("this UNet's layout is not one SDUNet builds:\n    " + "\n    ".join(problems) + _PASS_CONFIG)
     return {
         "down_block_types": down_types,
         "up_block_types": up_types,
@@ -293,7 +319,9 @@ def _facts_from_diffusers_names(sd: Mapping[str, torch.Tensor]) -> dict:
     conv_in, conv_out = shape("conv_in.weight"), shape("conv_out.weight")
     n = _count(keys, "down_blocks.")
     if n == 0 or _count(keys, "up_blocks.") != n:
-        raise CheckpointError(f"cannot read the blocks: {n} down blocks, {_count(keys, 'up_blocks.')} up blocks")
+        raise CheckpointError(
+            f"cannot read the blocks: {n} down blocks, {_count(keys, 'up_blocks.')} up blocks" + _PASS_CONFIG
+        )
     layers = _count(keys, "down_blocks.0.resnets.")
     channels, down_types, depth = [], [], []
     for b in range(n):
@@ -338,7 +366,9 @@ def _facts_from_diffusers_names(sd: Mapping[str, torch.Tensor]) -> dict:
     if time is not None and channels and time.shape[0] != 4 * channels[0]:
         problems.append(f"time embedding width {time.shape[0]} is not 4 x {channels[0]} (SDUNet: 4 x first block width)")
     if problems:
-        raise CheckpointError("cannot read the UNet architecture from the tensors:\n    " + "\n    ".join(problems))
+        raise CheckpointError(
+            "cannot read the UNet architecture from the tensors:\n    " + "\n    ".join(problems) + _PASS_CONFIG
+        )
     return {
         "in_channels": conv_in[1],
         "out_channels": conv_out[0],
@@ -418,6 +448,11 @@ def infer_unet_config(state_dict) -> UNetConfig:
     SDXL (2048 / refiner 1280, with add-embedding): 64 per head, ``addition_time_embed_dim=256``,
     ``sample_size=128``. GroupNorm: 32 groups (every SD model).
     """
+    return _infer_unet_config(state_dict, stacklevel=3)
+
+
+def _infer_unet_config(state_dict, stacklevel: int) -> UNetConfig:
+    """infer_unet_config; its warning points ``stacklevel`` frames up (the loader's caller)."""
     facts = unet_facts(state_dict)
     family = _family(facts)
     channels = facts["block_out_channels"]
@@ -469,7 +504,7 @@ def infer_unet_config(state_dict) -> UNetConfig:
             "SDXL's (2048): these settings are not stored in the weights and were guessed: "
             + "; ".join(guessed) + ". If you know the model's config, pass config= (a UNetConfig or its config.json dict).",
             UserWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
     return config
 
@@ -491,9 +526,17 @@ def config_disagreements(config: UNetConfig, facts: dict) -> list[str]:
             f"config says {config.cross_attention_dim} (cross_attention_dim: 768 SD 1.x, 1024 SD 2.x, 2048 SDXL)"
         )
     for name in ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
-                 "transformer_layers_per_block", "addition_embed_type"):
+                 "addition_embed_type"):
         if getattr(config, name) != facts[name]:
             lines.append(f"the checkpoint has {name}={facts[name]!r}; config says {getattr(config, name)!r}")
+    # transformer depth exists only where there is attention: the cross-attention levels, and the
+    # mid block (which uses the last entry); the entry of a level without attention means nothing
+    depth, want = config.transformer_layers_per_block, facts["transformer_layers_per_block"]
+    if len(depth) == len(want):
+        used = [i for i, t in enumerate(facts["down_block_types"]) if t == "CrossAttnDownBlock2D"] + [len(want) - 1]
+        if any(depth[i] != want[i] for i in set(used)):
+            lines.append(f"the checkpoint has transformer_layers_per_block={want!r} (counting only levels with "
+                         f"attention and the mid block); config says {depth!r}")
     if facts["addition_embed_type"] and config.addition_embed_type == facts["addition_embed_type"]:
         if config.projection_class_embeddings_input_dim != facts["projection_class_embeddings_input_dim"]:
             lines.append(
@@ -513,8 +556,6 @@ def _read_for_prediction(path: Path):
             # meta tensors: the shapes without reading gigabytes
             shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
         return shapes, None
-    from unetlab.sd.load import read_checkpoint
-
     tensors, extra = read_checkpoint(path)
     return tensors, extra.get("global_step")
 

@@ -21,7 +21,11 @@ API
       the tensors (:func:`infer_unet_config`: 9-channel inpainting, 8-channel instruct-pix2pix,
       SD 1.x / 2.x / XL …) unless ``config=`` names it (``"sd15"``, a :class:`unetlab.UNetConfig`,
       a config.json dict); a ``config=`` that the tensors contradict is refused with every
-      disagreement named (e.g. ``in_channels``: "the checkpoint's conv_in takes 9 channels …");
+      disagreement named (e.g. ``in_channels``: "the checkpoint's conv_in takes 9 channels …").
+      From a ``.safetensors`` file only the chosen UNet copy's tensors are taken (the file is
+      memory-mapped, so the rest costs no memory); a pickle is read whole. A
+      ``diffusion_pytorch_model*`` file given directly uses the
+      ``config.json`` beside it;
     * a Hugging Face hub id (``"stable-diffusion-v1-5/stable-diffusion-v1-5"``) or one of the
       short names ``"sd15"``, ``"sd21"``, ``"sdxl"``: taken from the local Hugging Face cache
       (with ``variant=``, the cached variant files) when it is there; otherwise downloaded (only
@@ -41,7 +45,7 @@ API
     v); a scheduler config or pipeline folder gives its own value. See :mod:`unetlab.sd.infer`.
 ``read_state_dict(path)``
     The tensors of one weights file (same safety rules), as a dict.
-``read_checkpoint(path) -> (tensors, extra)``
+``read_checkpoint(path) -> (tensors, extra)`` (from :mod:`unetlab.sd.weight_files`)
     The same, plus the non-tensor entries next to a Lightning ``state_dict`` (``global_step`` …).
 ``infer_config(state_dict)``
     The SD family preset name (``"sd15"`` / ``"sd21"`` / ``"sdxl"``) from the context width that
@@ -50,6 +54,9 @@ API
     The ``unet/`` folder of ``name`` (``"sd15"``, ``"sd21"``, ``"sdxl"`` or a hub id) in the local
     Hugging Face cache whose weights of ``variant`` are all there, or ``None``. Never touches
     the network; notebooks use it to switch to the real model when the learner has it.
+``weight_variants(folder) -> list``
+    The variants whose weight files a diffusers model folder holds, plain first: ``[None]``,
+    ``["fp16"]``, ``[None, "fp16", "non_ema"]`` … (what to pass as ``variant=``).
 ``default_device()``
     ``"cuda"`` if available, else ``"mps"``, else ``"cpu"``.
 ``HUB_IDS``
@@ -59,9 +66,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -69,16 +74,24 @@ import torch
 
 from unetlab.configs import resolve_config
 from unetlab.sd.infer import (
-    CheckpointError,
     UNetWeights,
     _as_diffusers_names,
     _facts_from_diffusers_names,
+    _infer_unet_config,
     config_disagreements,
     infer_prediction_type,
     infer_unet_config,
     select_unet_weights,
 )
-from unetlab.sd.ldm_keys import LDM_UNET_PREFIX, KeyMap, ema_to_ldm, ldm_to_diffusers
+from unetlab.sd.ldm_keys import KeyMap, ema_to_ldm, ldm_to_diffusers
+from unetlab.sd.weight_files import (
+    SINGLE_FILE_SUFFIXES,
+    CheckpointError,
+    LazySafetensors,
+    short_list,
+    read_checkpoint,
+    read_state_dict,
+)
 
 __all__ = [
     "CheckpointError",
@@ -89,6 +102,7 @@ __all__ = [
     "infer_unet_config",
     "infer_prediction_type",
     "find_local_weights",
+    "weight_variants",
     "default_device",
     "HUB_IDS",
 ]
@@ -102,11 +116,10 @@ _NAME_ALIASES = {"sd1.5": "sd15", "sd-1.5": "sd15", "sd2.1": "sd21", "sd-2.1": "
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
 CONFIG_NAME = "config.json"
-_SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# (pipeline.py imports _SINGLE_FILE_SUFFIXES from here)
+_SINGLE_FILE_SUFFIXES = SINGLE_FILE_SUFFIXES
 # context width of attn2.to_k -> preset
 _CONTEXT_DIM_TO_PRESET = {768: "sd15", 1024: "sd21", 2048: "sdxl"}
-_LIST_MAX = 10  # how many names of each kind of problem an error lists
 
 
 def default_device() -> str:
@@ -154,89 +167,6 @@ def _how_to_get(name: str | None = None, variant: str | None = None) -> str:
 
 
 # ---- reading one file ---------------------------------------------------------------------
-def _short_list(names, what: str) -> str:
-    """'3 missing key(s):' and the first _LIST_MAX names, one per line."""
-    names = sorted(names)
-    lines = [f"{len(names)} {what}:"] + [f"    {n}" for n in names[:_LIST_MAX]]
-    if len(names) > _LIST_MAX:
-        lines.append(f"    … and {len(names) - _LIST_MAX} more")
-    return "\n".join(lines)
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except SafetensorError as exc:
-        raise CheckpointError(
-            f"{path}: not a readable safetensors file ({exc}). The file is probably truncated "
-            "(an interrupted download?) or not safetensors at all; download it again."
-        ) from None
-
-
-def _read_pickle(path: Path) -> Any:
-    try:
-        with warnings.catch_warnings():
-            # the weights-only unpickler warns about pickle protocols it was not written for
-            warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        detail = [line for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line]
-        raise CheckpointError(
-            f"{path}: this pickle holds objects other than tensors and plain containers "
-            f"({detail[0].strip() if detail else 'refused by the weights-only unpickler'}). "
-            "It was read with torch.load(weights_only=True), so NOTHING in it was executed. "
-            "A pickle can run arbitrary code; load only weights you trust, and prefer .safetensors."
-        ) from None
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc}). "
-            "The file is probably truncated or damaged; download it again."
-        ) from None
-    return obj
-
-
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(tensors, extra)`` of one weights file (``.safetensors``; pickles only with ``weights_only=True``).
-
-    A Lightning/LDM checkpoint ``{"state_dict": {...}, "global_step": 875000, …}`` gives its
-    ``state_dict`` as ``tensors`` and the other top-level entries as ``extra`` (``global_step``
-    as an int). Raises ``FileNotFoundError``, or :class:`CheckpointError` for a file that is
-    not a dict of tensors (listing the entries that are not).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path), {}
-    if path.suffix not in _PICKLE_SUFFIXES:
-        raise CheckpointError(f"{path}: unknown weights format; expected one of {', '.join(_SINGLE_FILE_SUFFIXES)}")
-    obj = _read_pickle(path)
-    extra: dict[str, Any] = {}
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        extra = {k: v for k, v in obj.items() if k != "state_dict"}
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a dict of tensors (or {{'state_dict': …}}), got {type(obj).__name__}")
-    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(f"{path}: " + _short_list(not_tensors, "entries are not tensors"))
-    step = extra.get("global_step")
-    if isinstance(step, torch.Tensor) and step.numel() == 1:
-        extra["global_step"] = int(step)
-    return dict(obj), extra
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors in one weights file (``.safetensors``; pickles only with ``weights_only=True``).
-
-    A Lightning/LDM checkpoint's ``{"state_dict": {...}, "global_step": …}`` is unwrapped.
-    """
-    return read_checkpoint(path)[0]
-
-
 # ---- which config ------------------------------------------------------------------------
 def infer_config(state_dict: Mapping[str, torch.Tensor]) -> str:
     """The SD family preset (``"sd15"``, ``"sd21"``, ``"sdxl"``) these UNet weights belong to.
@@ -247,8 +177,13 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> str:
     inpainting or a distilled model gets its family's name. Prefer :func:`infer_unet_config`,
     which reads the whole architecture.
     """
-    weights = select_unet_weights(state_dict, None, warn=False) if not isinstance(state_dict, UNetWeights) else state_dict
-    dims = {tuple(v.shape)[1] for k, v in weights.tensors.items() if k.endswith("attn2.to_k.weight") and v.ndim == 2}
+    tensors = state_dict.tensors if isinstance(state_dict, UNetWeights) else state_dict
+    # any key: a ControlNet's state dict (unetlab.sd.controlnet) is read here too
+    dims = {tuple(v.shape)[1] for k, v in tensors.items() if k.endswith("attn2.to_k.weight") and v.ndim == 2}
+    if not dims and any(k.startswith("model_ema.diffusion_model") for k in tensors):
+        # only the EMA copy, whose names lost their dots
+        ema = select_unet_weights(tensors, True).tensors
+        dims = {tuple(v.shape)[1] for k, v in ema.items() if k.endswith("attn2.to_k.weight") and v.ndim == 2}
     if len(dims) != 1:
         raise CheckpointError(
             "cannot infer the UNet architecture: expected cross-attention weights (…attn2.to_k.weight) "
@@ -296,11 +231,11 @@ def _check_against(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor
     ]
     problems = []
     if missing:
-        problems.append(_short_list(missing, "missing key(s)"))
+        problems.append(short_list(missing, "missing key(s)"))
     if unexpected:
-        problems.append(_short_list(unexpected, "unexpected key(s)"))
+        problems.append(short_list(unexpected, "unexpected key(s)"))
     if wrong:
-        problems.append(_short_list(wrong, "shape mismatch(es)"))
+        problems.append(short_list(wrong, "shape mismatch(es)"))
     if problems:
         raise CheckpointError(
             f"{origin} does not fit this UNet config ({len(expected)} tensors expected, {len(state_dict) + len(extra)} given):\n"
@@ -353,6 +288,16 @@ def _variants_in_folder(folder: Path) -> dict[str | None, list[str]]:
     return found
 
 
+def weight_variants(folder: str | os.PathLike) -> list[str | None]:
+    """The variants of the weight files in a diffusers model folder (``None`` = plain), plain first.
+
+    ``["fp16"]`` for a folder holding only ``diffusion_pytorch_model.fp16.safetensors``; sharded
+    and ``.bin`` files count too. Nothing is read but the file names; ``[]`` for no weights.
+    """
+    found = _variants_in_folder(Path(folder))
+    return sorted(found, key=lambda v: (v is not None, v or ""))
+
+
 def _weights_in_folder(folder: Path, variant: str | None) -> list[Path]:
     """The weight file(s) of ``variant`` in a diffusers model folder, in diffusers' order:
     sharded safetensors, one safetensors, sharded .bin, one .bin. ``[]`` when there are none.
@@ -383,7 +328,7 @@ def _shards(index: Path) -> list[Path]:
     if missing:
         raise CheckpointError(
             f"{index}: {len(missing)} of its {len(files)} shard(s) are not in {index.parent} "
-            f"(an interrupted download?):\n" + _short_list(missing, "missing shard(s)")
+            f"(an interrupted download?):\n" + short_list(missing, "missing shard(s)")
             + "\nDownload the folder again (hf download … resumes)."
         )
     return [index.parent / f for f in files]
@@ -409,6 +354,20 @@ def _no_weights_error(folder: Path, variant: str | None, name: str | None = None
     return CheckpointError("\n".join(lines))
 
 
+def _read_config_json(config_json: Path, folder: Path):
+    """The UNetConfig of a diffusers ``config.json`` (named after the model's folder)."""
+    from unetlab.configs import UNetConfig
+
+    try:
+        raw = json.loads(config_json.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_json}: not valid JSON ({exc})") from None
+    try:
+        return UNetConfig.from_diffusers(raw, name=folder.parent.name if folder.name == "unet" else folder.name)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{config_json}: not a UNet config SDUNet builds ({exc})") from None
+
+
 def _load_diffusers_folder(folder: Path, config, device, dtype, variant, ema):
     if ema:
         raise CheckpointError(
@@ -419,33 +378,38 @@ def _load_diffusers_folder(folder: Path, config, device, dtype, variant, ema):
     if not files:
         raise _no_weights_error(folder, variant)
     if config is None:
-        try:
-            raw = json.loads((folder / CONFIG_NAME).read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{folder / CONFIG_NAME}: not valid JSON ({exc})") from None
-        from unetlab.configs import UNetConfig
-
-        config = UNetConfig.from_diffusers(raw, name=folder.parent.name if folder.name == "unet" else folder.name)
+        config_json = folder / CONFIG_NAME
+        config = _read_config_json(config_json, folder)
     else:
+        config_json = None
         config = resolve_config(config)
     state_dict: dict[str, torch.Tensor] = {}
     for f in files:
         state_dict.update(read_state_dict(f))
     origin = str(files[0]) if len(files) == 1 else f"{folder} ({len(files)} shards)"
-    return _build(config, state_dict, origin, device, dtype, [])
+    # a config= or a config.json (edited, or from another model) that the tensors contradict
+    disagreements = _contradicting_config(UNetWeights(state_dict, "diffusers", "diffusers"), config, origin, config_json)
+    try:
+        return _build(config, state_dict, origin, device, dtype, [])
+    except CheckpointError as exc:
+        if not disagreements:
+            raise
+        raise CheckpointError(disagreements + "\n" + str(exc)) from None
 
 
 # ---- original single files ------------------------------------------------------------------
 def _load_single_file(path: Path, config, device, dtype, ema):
-    raw = read_state_dict(path)
-    weights = select_unet_weights(raw, ema, origin=str(path))
+    # .safetensors: only the chosen UNet's tensors are looked up; a pickle has to be read whole
+    raw = LazySafetensors(path) if path.suffix == ".safetensors" else read_state_dict(path)
+    # stacklevel 4: the EMA warning points at the caller of load_sd_unet
+    weights = select_unet_weights(raw, ema, origin=str(path), stacklevel=4)
     del raw
     if config is None:
-        config = infer_unet_config(weights)
+        config = _infer_unet_config(weights, stacklevel=4)  # a guess warning points at the caller
         disagreements = ""
     else:
         config = resolve_config(config)
-        disagreements = _contradicting_config(weights, config, path)
+        disagreements = _contradicting_config(weights, config, path)  # "" when they agree
     try:
         return _build_single_file(weights, config, path, device, dtype)
     except CheckpointError as exc:
@@ -473,8 +437,11 @@ def _build_single_file(weights: UNetWeights, config, path: Path, device, dtype):
     return _build(config, state_dict, str(path), device, dtype, unknown, file_name)
 
 
-def _contradicting_config(weights: UNetWeights, config, path: Path) -> str:
-    """What a user-given config gets wrong about the tensors ("" when nothing, or when unreadable)."""
+def _contradicting_config(weights: UNetWeights, config, origin, config_json: Path | None = None) -> str:
+    """What a config gets wrong about the tensors ("" when nothing, or when the tensors are unreadable).
+
+    ``config_json``: the config came from this file, not from the caller's ``config=``.
+    """
     try:
         facts = _facts_from_diffusers_names(_as_diffusers_names(weights))
     except CheckpointError:
@@ -482,10 +449,16 @@ def _contradicting_config(weights: UNetWeights, config, path: Path) -> str:
     lines = config_disagreements(config, facts)
     if not lines:
         return ""
+    if config_json is not None:
+        return (
+            f"{origin}: {config_json} does not describe these weights (edited, or from another model?):\n    "
+            + "\n    ".join(lines)
+            + f"\nFix {config_json.name}, or pass config= with the right architecture."
+        )
     hint = ", ".join(f"{k}={facts[k]!r}" for k in ("in_channels", "out_channels", "cross_attention_dim")
                      if getattr(config, k) != facts[k])
     return (
-        f"{path}: config={config.name!r} does not match the weights:\n    " + "\n    ".join(lines)
+        f"{origin}: config={config.name!r} does not match the weights:\n    " + "\n    ".join(lines)
         + "\nLeave config=None to build the architecture from the weights"
         + (f", or pass config={config.name!r} changed with .replace({hint})" if hint else "") + "."
     )
@@ -650,14 +623,39 @@ def load_sd_unet(
         if path.suffix not in _SINGLE_FILE_SUFFIXES:
             raise CheckpointError(f"{path}: unknown weights format; expected one of {', '.join(_SINGLE_FILE_SUFFIXES)}")
         if variant is not None:
-            raise TypeError(f"variant={variant!r} names a file inside a diffusers folder; {path} is one file already")
+            raise ValueError(
+                f"variant={variant!r} picks a file inside a diffusers folder, but {path} is one file already: "
+                f"pass variant=None, or pass the folder ({path.parent}) with variant={variant!r}"
+            )
+        if config is None and path.name.startswith(WEIGHTS_NAME) and (path.parent / CONFIG_NAME).is_file():
+            # diffusion_pytorch_model.safetensors given directly: its config.json sits next to it
+            config = _read_config_json(path.parent / CONFIG_NAME, path.parent)
         return _load_single_file(path, config, device, dtype, ema)
     # a folder: the model folder itself, its subfolder, or a pipeline's unet/
     candidates = [path / subfolder] if subfolder else [path, path / "unet"]
     for folder in candidates:
         if (folder / CONFIG_NAME).is_file():
             return _load_diffusers_folder(folder, config, device, dtype, variant, ema)
-    raise FileNotFoundError(
+    raise FileNotFoundError(_not_a_model_folder(path, candidates, subfolder))
+
+
+def _not_a_model_folder(path: Path, candidates: list[Path], subfolder: str | None) -> str:
+    """What is in a folder that is neither a model folder nor a pipeline folder, and what to pass."""
+    lines = [
         f"{path}: expected a diffusers UNet folder ({CONFIG_NAME} + {WEIGHTS_NAME}.safetensors) "
-        f"or a pipeline folder with {subfolder or 'unet'}/{CONFIG_NAME}; found neither.\n" + _how_to_get()
-    )
+        f"or a pipeline folder with {subfolder or 'unet'}/{CONFIG_NAME}; found neither."
+    ]
+    for folder in candidates:
+        if not folder.is_dir():
+            continue
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+        lines.append(f"In {folder}: " + (", ".join(names[:20]) + (" …" if len(names) > 20 else "") if names else "nothing"))
+        weights = [folder / f for files in _variants_in_folder(folder).values() for f in files if "index" not in f]
+        if weights and len(weights) == 1:
+            lines.append(f"{weights[0].name} is there without its {CONFIG_NAME}: pass the file itself, "
+                         f"load_sd_unet({str(weights[0])!r}), to read the architecture from its tensors.")
+        singles = [f for f in names if f.endswith(SINGLE_FILE_SUFFIXES) and not f.startswith(WEIGHTS_NAME)]
+        if singles:
+            lines.append(f"Single-file checkpoints here ({', '.join(singles[:3])}) load by their path: "
+                         f"load_sd_unet({str(folder / singles[0])!r}).")
+    return "\n".join(lines) + "\n" + _how_to_get()
