@@ -71,7 +71,7 @@ def my_psnr_table(models):
             # TODO: noise hw_x0 to step t, estimate the clean image, clamp it, compute the PSNR (range 2)
             table[name][t] = None
     return table
-''', "check_psnr_table(my_psnr_table(models))"),
+''', "check_psnr_table(my_psnr_table(models), models=models)"),
     "check_embedding": ("04_timestep_embedding.ipynb", '''
 def my_timestep_embedding(t, dim):
     # TODO: frequencies w_i = 10000 ** (-i / half), angles t * w_i, then [cos | sin]
