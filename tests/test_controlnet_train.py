@@ -181,3 +181,23 @@ def test_cli_short_run_writes_a_loadable_controlnet(tmp_path, base):
     assert isinstance(loaded, ControlledTextToImage) and not loaded.training
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, state[k])
+
+
+def test_a_v_prediction_zero_snr_base_trains_and_samples_on_its_own_schedule(model):
+    """The retrained base may predict v on a zero-terminal-SNR schedule: loss and sampler follow model.schedule."""
+    from unetlab.controlnet_train import _timestep_spacing
+    from unetlab.samplers import DDIMSampler
+
+    model.schedule = NoiseSchedule(rescale_betas_zero_snr=True, prediction_type="v_prediction")
+    assert _timestep_spacing(model.schedule) == "trailing"
+    assert DDIMSampler(model.schedule, num_inference_steps=3, timestep_spacing="trailing").timesteps[0] == 999
+    b = controlnet_batch(0, 4)
+    g = torch.Generator().manual_seed(0)
+    loss_v = controlnet_loss(model, b, NoiseSchedule(), g)
+    # the same draw on an epsilon schedule gives another loss: the target really changed
+    model.schedule = NoiseSchedule()
+    loss_eps = controlnet_loss(model, b, NoiseSchedule(), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss_v) and not torch.isclose(loss_v, loss_eps)
+    model.schedule = NoiseSchedule(rescale_betas_zero_snr=True, prediction_type="v_prediction")
+    x = generate_controlled(model, b["captions"][:2], b["controls"][:2], num_inference_steps=3)
+    assert x.shape == (2, 3, 32, 32) and bool(torch.isfinite(x).all())
