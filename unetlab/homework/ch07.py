@@ -300,7 +300,8 @@ def _add_case(fn: Callable, skip_name: str) -> Check:
                          "总是返回这一对）。不需要的那一个用全零张量。",
                          "The UNet takes both together: down_block_additional_residuals and mid_block_additional_residual "
                          "(a ControlNet always returns the pair). Give zeros for the one you do not need.")
-        return Check(*what, False, *detail, "先单独运行你的函数，确认它不报错。", "Run your function on its own first and make sure it does not raise.")
+        return Check(*what, False, *detail, "先单独运行你的函数，确认它不报错。",
+                     "Run your function on its own first and make sure it does not raise.")
     out = outcome.value
     if not isinstance(out, torch.Tensor):
         return Check(*what, False, f"返回了 {type(out).__name__}。", f"returned a {type(out).__name__}.",

@@ -53,7 +53,9 @@ def plot_entry_points(skips: Sequence[tuple[str, tuple]], mid: tuple[str, tuple]
         if n.startswith("down_blocks"):
             key = ".".join(n.split(".")[:4])  # down_blocks.i.attentions.j
             down_ca[key] = down_ca.get(key, 0) + 1
-    ip_x = [i for i, n in enumerate(names) if n in down_ca] + ([len(names) - 1] if any(n.startswith("mid_block") for n in cross_attentions) else [])
+    ip_x = [i for i, n in enumerate(names) if n in down_ca]
+    if any(n.startswith("mid_block") for n in cross_attentions):
+        ip_x.append(len(names) - 1)
     n_up = sum(1 for n in cross_attentions if n.startswith("up_blocks"))
     ax.scatter(np.array(ip_x) - 0.25, channels[ip_x] * 0.25, marker="*", s=90, color=_COLOURS["IP-Adapter"], zorder=3,
                label=f"IP-Adapter: all {len(cross_attentions)} cross-attentions ({n_up} more on the up path, not drawn)")
