@@ -282,8 +282,9 @@ def load_controlnet_checkpoint(name: str | Path = "controlnet", base: nn.Module 
                                device: str | torch.device = "cpu", check_sha: bool = True) -> ControlledTextToImage:
     """A ControlNet checkpoint written by ``python -m unetlab train controlnet``, on its frozen base, eval mode.
 
-    ``name``: a manifest name or a ``.safetensors`` path. The base is the checkpoint named in its config
-    (or ``base=``).
+    ``name``: a manifest name or a ``.safetensors`` path. The base is the checkpoint named in its config,
+    refused (``ValueError``) when its sha256 differs from the one the ControlNet was trained on; ``base=``
+    (an already loaded :class:`unetlab.TextToImage`) is used as given, without that check.
     """
     from .checkpoint_io import load_model
 
