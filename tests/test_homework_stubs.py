@@ -132,6 +132,16 @@ def my_ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev):
     # TODO: 你的代码 | your code
     return x_t
 ''', "check_ddim_step(my_ddim_step)"),
+    "check_residual_shapes": ("07_controlnet_adapters.ipynb", '''
+residual_shapes = {
+    "down": [None] * 12,
+    "mid": None,
+}
+''', "check_residual_shapes(residual_shapes)"),
+    "check_add_at_skip": ("07_controlnet_adapters.ipynb", '''
+def add_at_skip(unet, sample, timestep, context, skip_name, residual):
+    raise NotImplementedError
+''', "check_add_at_skip(add_at_skip)"),
 }
 
 

@@ -181,3 +181,6 @@ def _text2img_recipe() -> Recipe:
 for _recipe in _simple_recipes():
     register_recipe(_recipe)
 _LAZY["text2img"] = _text2img_recipe
+
+# chapter 7: the ControlNet recipe lives in its own module, imported the first time the name is looked up
+_LAZY["controlnet"] = lambda: __import__("unetlab.controlnet_train", fromlist=["controlnet_recipe"]).controlnet_recipe()

@@ -1,4 +1,4 @@
-"""Homework checkers, one module per chapter (``ch01`` … ``ch06``), and the learner's progress.
+"""Homework checkers, one module per chapter (``ch01`` … ``ch07``), and the learner's progress.
 
 Call them from the notebook, e.g. ``from unetlab.homework import check_unet_shapes``.
 Every checker returns a :class:`~unetlab.homework.feedback.Feedback` that prints in

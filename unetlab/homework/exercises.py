@@ -42,6 +42,7 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter(4, "ch04", "04_timestep_embedding.ipynb", "时间步嵌入", "Timestep embedding"),
     Chapter(5, "ch05", "05_attention.ipynb", "UNet 里的注意力", "Attention inside the UNet"),
     Chapter(6, "ch06", "06_denoising_loop.ipynb", "去噪循环", "The denoising loop"),
+    Chapter(7, "ch07", "07_controlnet_adapters.ipynb", "ControlNet、T2I-Adapter、IP-Adapter", "ControlNet, T2I-Adapter, IP-Adapter"),
 )
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # the chapter modules register their exercises when imported
-from . import ch01, ch02, ch03, ch04, ch05, ch06  # noqa: F401
+from . import ch01, ch02, ch03, ch04, ch05, ch06, ch07  # noqa: F401
 from .exercises import CHAPTERS, EXERCISES, Exercise
 from .feedback import FAILED, NOT_ATTEMPTED, PASSED
 from .records import DEFAULT_NAME, ENV_VAR, homework_file, read_records

@@ -1,0 +1,203 @@
+"""The ControlNet recipe of chapter 7 (unetlab.controlnet_train), on the shipped text-to-image model.
+
+Short runs only: the trained checkpoint and its IoU target come with the retrained base model.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from unetlab.controlnet_train import (
+    ControlledTextToImage, base_schedule, build_controlled, control_image, control_iou, controlnet_batch,
+    controlnet_loss, generate_controlled, load_controlnet_checkpoint,
+)
+from unetlab.recipes import get_recipe, list_recipes
+from unetlab.schedule import NoiseSchedule
+from unetlab.text2img import load_text2img
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_text2img()
+
+
+@pytest.fixture()
+def model(base):
+    torch.manual_seed(0)
+    return build_controlled(base=base)
+
+
+def test_recipe_is_registered_lazily():
+    assert "controlnet" in list_recipes()
+    r = get_recipe("controlnet")
+    assert r.arch == "ControlledTextToImage" and r.config["control"] == "mask"
+    # the base it is trained on is pinned by its sha256
+    from unetlab.checkpoints import read_manifest
+    assert r.config["base_sha256"] == read_manifest()["text2img"]["sha256"]
+
+
+def test_a_controlnet_for_another_base_is_refused(base):
+    config = {**get_recipe("controlnet").config, "base_sha256": "0" * 64}
+    with pytest.raises(ValueError, match="only fits the UNet it was copied from"):
+        build_controlled(config)
+
+
+def test_only_the_controlnet_is_trained_and_saved(model, base):
+    names = list(model.state_dict())
+    assert names and all(n.startswith("controlnet.") for n in names)
+    assert all(not p.requires_grad for p in base.parameters())
+    n_cn = sum(p.numel() for p in model.parameters())
+    # the copy of the encoder + zero convs is smaller than the whole base, bigger than nothing
+    assert 0 < n_cn < sum(p.numel() for p in base.parameters())
+    model.train()
+    assert not model.base.training and model.controlnet.training
+
+
+def test_output_exactly_unchanged_at_initialisation(model):
+    """Zero convolutions: the residuals are exact zeros, so the UNet's output is bit-for-bit the base's."""
+    b = controlnet_batch(0, 6)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 3, 32, 32, generator=g)
+    t = torch.tensor([0, 50, 250, 500, 750, 999])
+    with torch.no_grad():
+        steered = model(x, t, b["captions"], controls=b["controls"])
+        plain = model.base.unet(x, t, model.encode(b["captions"]))
+        down, mid = model.controlnet(x, t, model.encode(b["captions"]), b["controls"])
+    assert torch.equal(steered, plain)
+    assert all(torch.count_nonzero(r) == 0 for r in down) and torch.count_nonzero(mid) == 0
+
+
+def test_after_one_step_the_output_changes(model):
+    """...and it is not unchanged by construction: one optimiser step on the zero convs moves it."""
+    b = controlnet_batch(0, 8)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss = controlnet_loss(model, b, NoiseSchedule(), torch.Generator().manual_seed(0))
+    loss.backward()
+    opt.step()
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([300, 600])
+    with torch.no_grad():
+        assert not torch.equal(model(x, t, b["captions"][:2], controls=b["controls"][:2]),
+                               model.base.unet(x, t, model.encode(b["captions"][:2])))
+
+
+def test_first_gradient_reaches_only_the_zero_convolutions(model):
+    """At init dL/d(skip) = W_zero^T dL/d(residual) = 0: only the zero convs' own weights get a gradient."""
+    b = controlnet_batch(0, 8)
+    loss = controlnet_loss(model, b, NoiseSchedule(), torch.Generator().manual_seed(0))
+    loss.backward()
+    zero_convs = {n for n, _ in model.controlnet.named_parameters()
+                  if n.startswith(("controlnet_down_blocks", "controlnet_mid_block"))}
+    grads = {n: p.grad for n, p in model.controlnet.named_parameters()}
+    assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in zero_convs if n.endswith("weight"))
+    others = [n for n in grads if n not in zero_convs]
+    assert others and all(grads[n] is None or torch.count_nonzero(grads[n]) == 0 for n in others)
+
+
+def test_control_images():
+    masks = torch.zeros(1, 1, 8, 8)
+    masks[0, 0, 2:6, 2:6] = 1.0
+    filled = control_image(masks, "mask")
+    edges = control_image(masks, "edges")
+    assert int(filled.sum()) == 16
+    # the outline of a 4x4 square: 12 pixels, all inside the mask
+    assert int(edges.sum()) == 12 and bool((edges <= filled).all())
+    # a shape touching the border keeps its border pixels as edges
+    masks[0, 0, 0:3, 0:3] = 1.0
+    assert control_image(masks, "edges")[0, 0, 0, 0] == 1
+    with pytest.raises(ValueError, match="kind must be one of"):
+        control_image(masks, "canny")
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        control_image(masks[0], "mask")
+
+
+def test_bad_inputs_are_named(model):
+    b = controlnet_batch(0, 2)
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="controls= is required"):
+        model(x, 10, b["captions"])
+    with pytest.raises(ValueError, match="must be 32×32"):
+        model(x, 10, b["captions"], controls=torch.zeros(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="unknown controlnet config keys"):
+        build_controlled({"base": "text2img", "size": 3}, base=model.base)
+    with pytest.raises(ValueError, match="one width here"):
+        build_controlled({"conditioning_embedding_out_channels": [16, 32]}, base=model.base)
+
+
+def test_schedule_and_prediction_type_come_from_the_base_checkpoint(tmp_path):
+    # the shipped checkpoint: whatever its metadata says (old ones: eps, SD's betas)
+    meta = json.loads(__import__("safetensors").safe_open(str(ROOT / "data" / "text2img.safetensors"), "pt")
+                      .metadata()["unetlab"])
+    expected = NoiseSchedule.from_config(meta.get("schedule") or {})
+    assert base_schedule("text2img").config == expected.config
+    # a v-prediction, zero-terminal-SNR base
+    path = tmp_path / "vbase.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"unetlab": json.dumps(
+        {"schedule": {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True}})})
+    s = base_schedule(path)
+    assert s.prediction_type == "v_prediction" and s.rescale_betas_zero_snr and float(s.alphas_cumprod[-1]) == 0.0
+    assert base_schedule(tmp_path / "missing.safetensors").config == NoiseSchedule().config
+
+
+def test_untrained_controlnet_samples_exactly_like_the_base(model):
+    """Both arms of the evaluation, with an untrained ControlNet: identical images, IoU difference 0."""
+    result = control_iou(model, n=4, num_inference_steps=3, batch_size=2)
+    assert torch.equal(result["images_with"], result["images_without"])
+    assert result["difference"][0] == 0.0
+    mean, lo, hi = result["with"]
+    assert 0.0 <= lo <= mean <= hi or (lo != lo)  # nan interval only for n = 1
+    assert result["iou_with"].shape == (4,) and bool(((result["iou_with"] >= 0) & (result["iou_with"] <= 1)).all())
+
+
+def test_guess_mode_and_scale_change_samples_of_a_perturbed_controlnet(model):
+    with torch.no_grad():
+        for p in model.controlnet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    b = controlnet_batch(0, 2)
+    kw = dict(num_inference_steps=3, seed=0)
+    a = generate_controlled(model, b["captions"], b["controls"], **kw)
+    assert not torch.equal(a, generate_controlled(model, b["captions"], b["controls"], conditioning_scale=0.5, **kw))
+    assert not torch.equal(a, generate_controlled(model, b["captions"], b["controls"], guess_mode=True, **kw))
+    # scale 0: the ControlNet's residuals vanish, the base model alone
+    assert torch.equal(generate_controlled(model, b["captions"], b["controls"], conditioning_scale=0.0, **kw),
+                       generate_controlled(model, b["captions"], None, **kw))
+
+
+def test_cli_short_run_writes_a_loadable_controlnet(tmp_path, base):
+    out = tmp_path / "cn.safetensors"
+    proc = subprocess.run([sys.executable, "-m", "unetlab", "train", "controlnet", "--steps", "2", "--batch-size", "4",
+                           "--threads", "1", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "train controlnet" in proc.stderr  # the tqdm bar
+    assert "trained controlnet: 2 steps" in proc.stdout
+    state = load_file(str(out))
+    assert state and all(k.startswith("controlnet.") for k in state)
+    loaded = load_controlnet_checkpoint(out, base=base)
+    assert isinstance(loaded, ControlledTextToImage) and not loaded.training
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
+def test_a_v_prediction_zero_snr_base_trains_and_samples_on_its_own_schedule(model):
+    """The retrained base may predict v on a zero-terminal-SNR schedule: loss and sampler follow model.schedule."""
+    from unetlab.controlnet_train import _timestep_spacing
+    from unetlab.samplers import DDIMSampler
+
+    model.schedule = NoiseSchedule(rescale_betas_zero_snr=True, prediction_type="v_prediction")
+    assert _timestep_spacing(model.schedule) == "trailing"
+    assert DDIMSampler(model.schedule, num_inference_steps=3, timestep_spacing="trailing").timesteps[0] == 999
+    b = controlnet_batch(0, 4)
+    g = torch.Generator().manual_seed(0)
+    loss_v = controlnet_loss(model, b, NoiseSchedule(), g)
+    # the same draw on an epsilon schedule gives another loss: the target really changed
+    model.schedule = NoiseSchedule()
+    loss_eps = controlnet_loss(model, b, NoiseSchedule(), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss_v) and not torch.isclose(loss_v, loss_eps)
+    model.schedule = NoiseSchedule(rescale_betas_zero_snr=True, prediction_type="v_prediction")
+    x = generate_controlled(model, b["captions"][:2], b["controls"][:2], num_inference_steps=3)
+    assert x.shape == (2, 3, 32, 32) and bool(torch.isfinite(x).all())
