@@ -89,7 +89,7 @@ def overlay(ax, image, attn_map, *, alpha: float = 0.6, cmap: str = "jet", norma
     if colorbar:
         cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
         cb.ax.tick_params(labelsize=6)
-        cb.formatter.set_powerlimits((-2, 3))
+        cb.formatter.set_powerlimits((-4, 4))
     return ax
 
 
