@@ -546,15 +546,27 @@ def test_plot_helpers_draw_and_reject_bad_maps():
     maps = {"a": torch.rand(8, 8), "b": torch.rand(16, 16), "c": torch.rand(4, 4)}
     disp = image_to_display(image)
     assert disp.shape == (32, 32, 3) and disp.min() >= 0 and disp.max() <= 1
+    def panels(fig):
+        return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+    def bars(fig):
+        return [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
     fig = plot_maps(maps, image=image, ncols=2)
-    assert len(fig.axes) == 4 and [ax.get_title() for ax in fig.axes[:3]] == ["a", "b", "c"]
-    # shared colour scale: the strongest map reaches the top of the scale
+    assert len(panels(fig)) == 4 and [ax.get_title() for ax in panels(fig)[:3]] == ["a", "b", "c"]
+    # one colour bar per map, in the map's own units: the values are drawn unchanged, the colours span min … max
+    assert len(bars(fig)) == 3
+    assert panels(fig)[1].images[-1].get_clim() == pytest.approx((float(maps["b"].min()), float(maps["b"].max())))
+    # shared colour scale: 0 … the largest value of all maps, the values themselves unchanged
     fig2 = plot_maps([torch.full((2, 2), 0.5), torch.ones(2, 2)], normalize=False)
-    assert fig2.axes[1].images[-1].get_array().max() == pytest.approx(1.0)
+    assert panels(fig2)[0].images[-1].get_clim() == pytest.approx((0.0, 1.0))
+    assert panels(fig2)[0].images[-1].get_array().max() == pytest.approx(0.5)
     fig3 = plot_query_map(torch.rand(6, 6), (2, 3), image=image)
     assert len(fig3.axes) == 3  # image, map, colour bar
-    fig4 = plot_token_maps(image, {"red": torch.rand(8, 8), "circle": torch.rand(8, 8)}, title="a red circle")
-    assert [ax.get_title() for ax in fig4.axes] == ["image", "red", "circle"]
+    fig4 = plot_token_maps(image, {"red": torch.rand(8, 8) * 0.5, "circle": torch.rand(8, 8)}, title="a red circle")
+    assert [ax.get_title() for ax in panels(fig4)] == ["image", "red", "circle"] and len(bars(fig4)) == 2
+    # the words share one scale: the weaker word's map does not get stretched to the top
+    assert panels(fig4)[1].images[-1].get_clim() == panels(fig4)[2].images[-1].get_clim()
     _, ax = plt.subplots()
     overlay(ax, None, torch.rand(1, 5, 5))
     with pytest.raises(ValueError, match=r"\(h, w\)"):
@@ -566,3 +578,26 @@ def test_plot_helpers_draw_and_reject_bad_maps():
     with pytest.raises(TypeError, match="tensor or array"):
         plot_maps(["not a map"])
     plt.close("all")
+
+
+def test_attention_layout_lists_sd15_attention_on_the_meta_device():
+    from unetlab.capture import attention_layout
+    from unetlab.sd.unet import SDUNet
+
+    with torch.device("meta"):
+        unet = SDUNet("sd15")
+        layout = attention_layout(unet, torch.zeros(1, 4, 64, 64), 500, torch.zeros(1, 77, 768))
+    grids = {(path.split(".attentions")[0], hw) for path, _, hw in layout}
+    # SD 1.5: attention at 64, 32, 16 and the mid block's 8; none in down_blocks.3 or up_blocks.0
+    assert grids == {("down_blocks.0", (64, 64)), ("down_blocks.1", (32, 32)), ("down_blocks.2", (16, 16)),
+                     ("mid_block", (8, 8)), ("up_blocks.1", (16, 16)), ("up_blocks.2", (32, 32)),
+                     ("up_blocks.3", (64, 64))}
+    assert len(layout) == 32 and sum(k == "cross" for _, k, _ in layout) == 16
+    # a non-square latent: grids follow it
+    with torch.device("meta"):
+        wide = attention_layout(unet, torch.zeros(1, 4, 32, 48), 500, torch.zeros(1, 77, 768))
+    assert wide[0][2] == (32, 48)
+    with pytest.raises(ValueError, match="no attention layer"):
+        attention_layout(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+    # every hook is gone again
+    assert not any(m._forward_pre_hooks for m in unet.modules())

@@ -135,3 +135,93 @@ def test_attention_map_mistakes(answer, hint_word):
     fb = check_attention_map(answer)
     assert not fb.passed
     assert hint_word in _first_failure(fb).hint_en
+
+
+# --- 5.3 the DAAM-style aggregation -------------------------------------------------------------------------
+import torch.nn.functional as F  # noqa: E402
+
+from unetlab.homework import check_aggregation, check_word_swap  # noqa: E402
+from unetlab.homework.ch05 import _swap, reference_aggregation, reference_word_swap, swap_sample  # noqa: E402
+from unetlab.homework.feedback import NOT_ATTEMPTED  # noqa: E402
+
+
+def _agg(kind_filter=True, mode="bilinear", align=False, head=None, summed=False):
+    def fn(records, token, size):
+        per_layer = {}
+        for r in records:
+            if kind_filter and r.kind != "cross":
+                continue
+            h, w = r.size
+            col = r.probs[..., token]
+            col = col.mean(1) if head is None else col[:, head]
+            per_layer.setdefault(r.layer, []).append(col.reshape(-1, h, w))
+        maps = [torch.stack(v).mean(0) for v in per_layer.values()]
+        kw = {"align_corners": align} if mode == "bilinear" else {}
+        up = torch.stack([F.interpolate(m[:, None], size=size, mode=mode, **kw)[:, 0] for m in maps])
+        return up.sum(0) if summed else up.mean(0)
+
+    return fn
+
+
+def test_aggregation_reference_and_a_rewritten_answer_pass():
+    assert check_aggregation(reference_aggregation).passed
+    assert check_aggregation(_agg()).passed
+
+
+def test_aggregation_stub_is_not_attempted():
+    def my_aggregate(records, token, size):
+        raise NotImplementedError
+
+    assert check_aggregation(my_aggregate).status == NOT_ATTEMPTED
+
+
+@pytest.mark.parametrize("answer, needle", [
+    (_agg(kind_filter=False), "r.kind"),
+    (_agg(mode="nearest"), "bilinear"),
+    (_agg(align=True), "align_corners=False"),
+    (_agg(head=0), "head 0"),
+    (_agg(summed=True), "summed"),
+    (lambda recs, token, size: _agg()(recs, token + 1, size), "token + 1"),
+    (lambda recs, token, size: _agg()([r for r in recs if r.size == (4, 6)], token, size), "largest grid"),
+    (lambda recs, token, size: _agg()(recs, token, size)[0], "shape"),
+])
+def test_aggregation_typical_mistakes_get_their_hint(answer, needle):
+    fb = check_aggregation(answer)
+    assert not fb.passed and fb.status != NOT_ATTEMPTED
+    assert needle in str(fb), str(fb)
+
+
+# --- 5.4 the prompt-to-prompt word swap (samples the shipped small model: a few seconds each) ----------------
+@pytest.fixture(scope="module")
+def small_model():
+    from unetlab.text2img import load_text2img
+
+    return load_text2img()
+
+
+def test_word_swap_reference_passes_and_changes_the_image(small_model):
+    assert check_word_swap(reference_word_swap, model=small_model).passed
+    src, edited = reference_word_swap(small_model, "a large red square at the bottom left", "a large red circle at the bottom left", 0)
+    plain = swap_sample(small_model, "a large red circle at the bottom left", 0)
+    # the injected maps move the edited image away from the plain target sample, and it is not the source
+    assert (edited - plain).abs().mean() > 1e-3 and (edited - src).abs().mean() > 1e-3
+
+
+def test_word_swap_stub_is_not_attempted(small_model):
+    def word_swap(model, source, target, seed):
+        raise NotImplementedError
+
+    assert check_word_swap(word_swap, model=small_model).status == NOT_ATTEMPTED
+
+
+@pytest.mark.parametrize("answer, needle", [
+    (lambda m, s, t, seed: (swap_sample(m, s, seed), swap_sample(m, t, seed)), "no map was injected"),
+    (lambda m, s, t, seed: (swap_sample(m, s, seed), swap_sample(m, s, seed)), "used the source prompt again"),
+    (lambda m, s, t, seed: _swap(m, s, t, seed, rows=(0, 1)), "both halves"),
+    (lambda m, s, t, seed: _swap(m, s, t, seed, shift=1), "next step"),
+    (lambda m, s, t, seed: (swap_sample(m, s, seed + 1), swap_sample(m, t, seed)), "random seed"),
+])
+def test_word_swap_typical_mistakes_get_their_hint(small_model, answer, needle):
+    fb = check_word_swap(answer, model=small_model)
+    assert not fb.passed and fb.status != NOT_ATTEMPTED
+    assert needle in str(fb), str(fb)

@@ -122,6 +122,18 @@ def attention_map(weights, query, size):
     # 你的代码 | your code
     raise NotImplementedError
 ''', "check_attention_map(attention_map)"),
+    "check_aggregation": ("05_attention.ipynb", '''
+def my_aggregate(records, token, size):
+    """records: AttentionRecords; token: int; size: (H, W) -> (B, H, W), as AttentionStore.aggregate."""
+    # 你的代码 | your code
+    raise NotImplementedError
+''', "check_aggregation(my_aggregate)"),
+    "check_word_swap": ("05_attention.ipynb", '''
+def word_swap(model, source, target, seed):
+    """-> (source image, edited image), each (1, 3, 32, 32), both made with swap_sample."""
+    # 你的代码 | your code
+    raise NotImplementedError
+''', "check_word_swap(word_swap)"),
     "check_guidance": ("06_denoising_loop.ipynb", '''
 def my_guidance(eps_uncond, eps_text, guidance_scale):
     # TODO: 你的代码 | your code

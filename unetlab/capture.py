@@ -85,6 +85,7 @@ __all__ = [
     "AttentionStore",
     "AttentionRecord",
     "attention_layers",
+    "attention_layout",
     "upsample_maps",
     "aggregate_maps",
     "short_layer_name",
@@ -543,6 +544,47 @@ def attention_layers(model: nn.Module) -> dict[str, str]:
         for name, module in model.named_modules()
         if isinstance(module, (Attention, SelfAttention))
     }
+
+
+def attention_layout(model: nn.Module, *args, **kwargs) -> list[tuple[str, str, tuple[int, int]]]:
+    """Run ``model(*args, **kwargs)`` once and list ``(attention layer path, "self" | "cross", (h, w))``
+    in call order, ``(h, w)`` being the grid of query pixels the layer saw.
+
+    Only shapes are read, so a model and inputs on the meta device work (SD 1.5 in no memory):
+    the grid is the input ``(B, C, h, w)`` of the layer's ``Transformer2DModel`` (or of seed 003's
+    ``SelfAttention``). Every hook is removed on exit. Raises ``ValueError`` when the model has no
+    attention layer.
+    """
+    layers = attention_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no attention layer (unetlab Attention or SelfAttention)")
+    grid: dict[str, tuple[int, int]] = {}
+    out: list[tuple[str, str, tuple[int, int]]] = []
+
+    def remember(module, args):
+        # (B, C, h, w) -> (h, w)
+        grid["hw"] = tuple(int(v) for v in args[0].shape[-2:])
+
+    def note(path: str):
+        def pre_hook(module, args):
+            if isinstance(module, SelfAttention):
+                remember(module, args)
+            out.append((path, layers[path], grid["hw"]))
+        return pre_hook
+
+    handles = []
+    try:
+        for module in model.modules():
+            if isinstance(module, Transformer2DModel):
+                handles.append(module.register_forward_pre_hook(remember))
+        for path in layers:
+            handles.append(model.get_submodule(path).register_forward_pre_hook(note(path)))
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
 
 
 def _grid_size(n: int, hint: tuple[int, int] | None) -> tuple[int, int]:

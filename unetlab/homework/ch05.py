@@ -27,7 +27,9 @@ from .answers import function_check, tensors_close
 from .exercises import exercise
 from .feedback import Check, Feedback, describe_exception, run_checks
 
-__all__ = ["check_self_attention", "check_attention_map", "reference_self_attention", "reference_attention_map"]
+__all__ = ["check_self_attention", "check_attention_map", "check_aggregation", "check_word_swap",
+           "reference_self_attention", "reference_attention_map", "reference_aggregation", "aggregation_records",
+           "reference_word_swap", "swap_sample", "SWAP_PROMPTS"]
 
 _ATOL = 1e-5
 
@@ -409,3 +411,403 @@ def check_attention_map(fn: Callable) -> Feedback:
 
     return run_checks("单个查询像素的注意力图", "One query pixel's attention map", [runs, shape, values, sums_to_one],
                       stop_at_failure=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5.3 a DAAM-style aggregation, checked against the package's own AttentionStore.aggregate
+# ---------------------------------------------------------------------------------------------
+#: (layer path, kind, (h, w), number of calls): non-square grids (a transposed reshape shows), two
+#: resolutions (the small one must be upsampled), self-attention records mixed in (they must be left out)
+_AGG_LAYERS = (
+    ("down_blocks.1.attentions.0.transformer_blocks.0.attn1", "self", (4, 6)),
+    ("down_blocks.1.attentions.0.transformer_blocks.0.attn2", "cross", (4, 6)),
+    ("mid_block.attentions.0.transformer_blocks.0.attn2", "cross", (2, 3)),
+    ("up_blocks.1.attentions.0.transformer_blocks.0.attn2", "cross", (4, 6)),
+)
+_AGG_STEPS = (900, 500, 100)
+_AGG_BATCH, _AGG_HEADS, _AGG_KEYS = 2, 3, 6
+#: (token, size) the checker asks for
+_AGG_CALLS = ((2, (8, 12)), (4, (12, 18)))
+
+
+def aggregation_records() -> list:
+    """The records :func:`check_aggregation` hands to the learner's function: a list of
+    :class:`~unetlab.capture.AttentionRecord` as ``capture_attention`` makes them (three steps; three
+    cross-attention layers at 4×6 and 2×3, 3 heads, 6 text tokens, batch 2; one self-attention layer)."""
+    return list(_aggregation_store().records)
+
+
+def _aggregation_store():
+    from ..capture import AttentionStore
+
+    g = torch.Generator().manual_seed(53)
+    store = AttentionStore({path: kind for path, kind, _ in _AGG_LAYERS})
+    for t in _AGG_STEPS:
+        store.step = t
+        for path, kind, (h, w) in _AGG_LAYERS:
+            keys = h * w if kind == "self" else _AGG_KEYS
+            # (B, heads, h·w, keys), rows sum to 1; sharpened so that maps differ between layers
+            probs = (3 * torch.randn(_AGG_BATCH, _AGG_HEADS, h * w, keys, generator=g)).softmax(-1)
+            store._add(path, kind, probs, (h, w))
+    return store
+
+
+def reference_aggregation(records, token: int, size: tuple[int, int]) -> torch.Tensor:
+    """DAAM-style map ``(B, H, W)`` of text token ``token``: for every cross-attention layer, the
+    probability column of ``token`` averaged over heads and calls (steps), laid on the layer's
+    ``(h, w)`` grid (row-major), upsampled bilinearly (``align_corners=False``) to ``size``; then the
+    mean over layers. Equals ``AttentionStore.aggregate(token=token, size=size)`` (Tang et al. 2023, DAAM,
+    sum over layers, heads and steps up to a constant)."""
+    import torch.nn.functional as F
+
+    per_layer: dict[str, list[torch.Tensor]] = {}
+    for r in records:
+        if r.kind != "cross":
+            continue
+        h, w = r.size
+        # (B, heads, h·w) -> mean over heads -> (B, h, w)
+        per_layer.setdefault(r.layer, []).append(r.probs[..., token].float().mean(dim=1).reshape(-1, h, w))
+    # {layer: (B, h, w)}, mean over the layer's calls (steps)
+    maps = [torch.stack(v).mean(dim=0) for v in per_layer.values()]
+    # (layers, B, H, W): bilinear, align_corners=False (as F.interpolate's default for images)
+    up = [F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for m in maps]
+    return torch.stack(up).mean(dim=0)
+
+
+def _aggregation_slips(records, token, size):
+    """name -> (map a typical slip produces, hint zh, hint en)."""
+    import torch.nn.functional as F
+
+    cross = [r for r in records if r.kind == "cross"]
+    largest = max((r.size for r in cross), key=lambda s: s[0] * s[1])
+
+    def agg(recs, column, mode="bilinear", align=False, reshape=None):
+        per_layer: dict[str, list[torch.Tensor]] = {}
+        for r in recs:
+            h, w = r.size
+            m = column(r)
+            m = reshape(m, h, w) if reshape else m.reshape(-1, h, w)
+            per_layer.setdefault(r.layer, []).append(m)
+        maps = [torch.stack(v).mean(0) for v in per_layer.values()]
+        kw = {"align_corners": align} if mode == "bilinear" else {}
+        return torch.stack([F.interpolate(m[:, None], size=size, mode=mode, **kw)[:, 0] for m in maps]).mean(0)
+
+    mean_heads = lambda r: r.probs[..., token].mean(1)  # noqa: E731
+    right = reference_aggregation(records, token, size)
+    lo, hi = right.amin((-2, -1), keepdim=True), right.amax((-2, -1), keepdim=True)
+    n_layers = len({r.layer for r in cross})
+    return {
+        "self_included": (
+            agg(records, mean_heads),
+            "把自注意力的记录也算进去了。自注意力的键是像素，不是文本 token：先只保留 r.kind == \"cross\" 的记录。",
+            "You included the self-attention records. Their keys are pixels, not text tokens: keep only records with r.kind == \"cross\".",
+        ),
+        "largest_only": (
+            agg([r for r in cross if r.size == largest], mean_heads),
+            "只用了最大分辨率的层，低分辨率的层被漏掉了。把每一层都上采样到 size，再对所有层取平均。",
+            "Only the layers at the largest grid went in; the low-resolution layers were left out. "
+            "Upsample every layer to size, then average over all layers.",
+        ),
+        "nearest": (
+            agg(cross, mean_heads, mode="nearest"),
+            "上采样用了最近邻。DAAM 和 AttentionStore.aggregate 用双线性插值：F.interpolate(..., mode=\"bilinear\", align_corners=False)。",
+            "Nearest-neighbour upsampling. DAAM and AttentionStore.aggregate upsample bilinearly: "
+            "F.interpolate(..., mode=\"bilinear\", align_corners=False).",
+        ),
+        "align_corners": (
+            agg(cross, mean_heads, align=True),
+            "双线性插值用了 align_corners=True；包里用 align_corners=False（把像素当作小方格，而不是格点）。",
+            "Bilinear with align_corners=True; the package uses align_corners=False (pixels as little squares, not grid points).",
+        ),
+        "one_head": (
+            agg(cross, lambda r: r.probs[:, 0, :, token]),
+            "只取了第 0 个头。每个头的图都要：对头这一维（dim=1）取平均。",
+            "You took head 0 only. Every head counts: average over the heads axis (dim=1).",
+        ),
+        "transposed_grid": (
+            agg(cross, mean_heads, reshape=lambda m, h, w: m.reshape(-1, w, h).transpose(-2, -1)),
+            "网格的高和宽弄反了：查询像素按行展开，编号 y·w + x，所以要 reshape(B, h, w)，不是 reshape(B, w, h) 再转置。",
+            "Height and width of the grid are mixed up: queries are flattened row by row (index y·w + x), "
+            "so reshape to (B, h, w), not to (B, w, h) and transpose.",
+        ),
+        "off_by_one": (
+            agg(cross, lambda r: r.probs[..., token + 1].mean(1)),
+            "取错了 token：用的是 token + 1 那一列。概率的最后一维就是 token 的编号，直接用 r.probs[..., token]。",
+            "Wrong token: you took column token + 1. The last axis of the probabilities is the token index: use r.probs[..., token].",
+        ),
+        "summed_layers": (
+            right * n_layers,
+            f"对层求和而不是取平均（结果正好大了 {n_layers} 倍）。DAAM 的论文写的是求和，包里取平均（只差一个常数）；这里按包的约定取平均。",
+            f"You summed over layers instead of averaging (exactly {n_layers}× too large). The DAAM paper sums; "
+            "the package averages (a constant apart); here, average as the package does.",
+        ),
+        "normalized": (
+            (right - lo) / (hi - lo),
+            "把图拉伸到了 [0, 1]。不要归一化：要的是注意力概率本身的平均（它能和别的图比较大小）。",
+            "You stretched the map to [0, 1]. Do not normalise: the mean of the probabilities themselves is asked "
+            "for (it can be compared with other maps).",
+        ),
+    }
+
+
+@exercise(5, "5.3", "DAAM 式的聚合：层、头、步", "A DAAM-style aggregation: layers, heads, steps")
+def check_aggregation(fn: Callable) -> Feedback:
+    """Check ``fn(records, token, size) -> (B, H, W)`` against ``AttentionStore.aggregate(token=, size=)``.
+
+    ``records``: a list of :class:`~unetlab.capture.AttentionRecord` (self- and cross-attention mixed,
+    two grid sizes, three steps: :func:`aggregation_records`); ``token``: a text-token index;
+    ``size``: ``(H, W)``. The learner may not call the store's own helpers (they get a plain list).
+    A function that raises ``NotImplementedError`` (the notebook's stub) is "not attempted yet".
+    """
+    store = _aggregation_store()
+    answers: dict[int, object] = {}
+
+    def answer(i: int):
+        if i not in answers:
+            token, size = _AGG_CALLS[i]
+            # a fresh copy every call: an answer that edits the records in place cannot spoil the next case
+            recs = [type(r)(r.layer, r.kind, r.call, r.step, r.probs.clone(), r.size) for r in store.records]
+            answers[i] = fn(recs, token, size)
+        return answers[i]
+
+    def runs():
+        what = ("函数可以运行", "the function runs")
+        if not callable(fn):
+            return function_check(fn, "check_aggregation(my_aggregate)")
+        try:
+            answer(0)
+        except NotImplementedError:
+            return Check(
+                *what, False, detail_zh="函数抛出了 NotImplementedError。", detail_en="the function raised NotImplementedError.",
+                hint_zh="对每条交叉注意力记录取 probs[..., token]，对头取平均，摆成 (h, w)；每层对步取平均，上采样到 size，再对层取平均。",
+                hint_en="For every cross-attention record take probs[..., token], average the heads, lay it on (h, w); "
+                        "average each layer over its steps, upsample to size, then average the layers.",
+                stub=True,  # the notebook's stub
+            )
+        except Exception as exc:
+            return Check(
+                *what, False, detail_zh=describe_exception(exc), detail_en=describe_exception(exc),
+                hint_zh="每条记录 r 有 r.layer、r.kind、r.step、r.size = (h, w)、r.probs = (B, heads, h·w, keys)。",
+                hint_en="Every record r has r.layer, r.kind, r.step, r.size = (h, w), r.probs = (B, heads, h·w, keys).",
+            )
+        return Check(*what, True)
+
+    def shape():
+        token, size = _AGG_CALLS[0]
+        out = answer(0)
+        want = (_AGG_BATCH, *size)
+        ok = isinstance(out, torch.Tensor) and tuple(out.shape) == want
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        return Check(
+            f"返回形状 (B, H, W) = {want} 的张量", f"returns a tensor of shape (B, H, W) = {want}", ok,
+            detail_zh="" if ok else f"得到 {got}。", detail_en="" if ok else f"got {got}.",
+            hint_zh="每张图一张 size 大小的图：对层、头、步都取了平均，只剩批次这一维。",
+            hint_en="One size-sized map per image: layers, heads and steps are averaged away, the batch axis stays.",
+        )
+
+    def values():
+        what = ("与 AttentionStore.aggregate 一致", "equals AttentionStore.aggregate")
+        for i, (token, size) in enumerate(_AGG_CALLS):
+            out = answer(i)
+            ref = store.aggregate(token=token, size=size)
+            if _close(out, ref):
+                continue
+            for slip, hint_zh, hint_en in _aggregation_slips(store.records, token, size).values():
+                if _close(out, slip):
+                    return Check(*what, False, detail_zh=f"token {token}、size {size} 时不一致。",
+                                 detail_en=f"they differ for token {token}, size {size}.", hint_zh=hint_zh, hint_en=hint_en)
+            err = (out.float() - ref).abs().max().item() if isinstance(out, torch.Tensor) and out.shape == ref.shape else float("nan")
+            return Check(
+                *what, False, detail_zh=f"token {token}、size {size}：最大误差 {err:.3g}。",
+                detail_en=f"token {token}, size {size}: largest error {err:.3g}.",
+                hint_zh="顺序：只留交叉注意力 → probs[..., token] 对头平均 → reshape(B, h, w) → 每层对步平均 → 双线性上采样 → 对层平均。",
+                hint_en="In order: cross-attention only -> probs[..., token] averaged over heads -> reshape(B, h, w) -> "
+                        "each layer averaged over steps -> bilinear upsampling -> mean over layers.",
+            )
+        return Check(*what, True, detail_zh=f"{len(_AGG_CALLS)} 组 (token, size) 都一致。",
+                     detail_en=f"equal for {len(_AGG_CALLS)} (token, size) pairs.")
+
+    return run_checks("DAAM 式的聚合", "A DAAM-style aggregation", [runs, shape, values], stop_at_failure=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5.4 a prompt-to-prompt word swap through the attention probabilities hook
+# ---------------------------------------------------------------------------------------------
+#: (source prompt, target prompt, random seed of the starting noise) the checker runs
+SWAP_PROMPTS = (("a large red square at the bottom left", "a large red circle at the bottom left", 0),
+                ("a small blue triangle at the top", "a small green triangle at the top", 1))
+#: DDIM steps and guidance scale of :func:`swap_sample`
+SWAP_STEPS, SWAP_GUIDANCE = 10, 3.0
+
+
+def swap_sample(model, prompt: str, seed: int, on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+    """One image ``(1, 3, 32, 32)`` of the small text-to-image model: DDIM, :data:`SWAP_STEPS` steps,
+    classifier-free guidance :data:`SWAP_GUIDANCE`, starting noise from ``torch.Generator().manual_seed(seed)``.
+
+    The guided UNet call runs on the batch ``[empty prompt; prompt]`` (row 1 is the text half).
+    ``on_step(t)`` (an int timestep) is called before each UNet call: set a step label or a hook's state there.
+    """
+    from ..guidance import guided_eps
+    from ..samplers import DDIMSampler
+    from ..schedule import NoiseSchedule
+
+    with torch.no_grad():
+        # (1, L, D) each
+        text, empty = model.encode([prompt]), model.encode([""])
+
+        def model_fn(x, t):
+            if on_step is not None:
+                on_step(int(t.reshape(-1)[0]))
+            return guided_eps(model.unet, x, t, text, empty, guidance_scale=SWAP_GUIDANCE)
+
+        sampler = DDIMSampler(NoiseSchedule(), num_inference_steps=SWAP_STEPS)
+        return sampler.sample(model_fn, (1, 3, 32, 32), generator=torch.Generator().manual_seed(seed), progress=False)
+
+
+def _swap(model, source: str, target: str, seed: int, *, rows=(1,), shift: int = 0, inject: bool = True):
+    """The reference and its slips: record source's cross-attention per (layer, step), then sample ``target``
+    with the recorded probabilities of batch ``rows`` put back (``shift``: take them from another step)."""
+    from ..capture import attention_layers, capture_attention
+
+    with capture_attention(model.unet, "cross") as store:
+        src = swap_sample(model, source, seed, on_step=store.set_step)
+    # {(layer, step): (2, heads, h·w, keys)}: both halves of the guided batch
+    recorded = {(r.layer, r.step): r.probs for r in store.records}
+    steps = list(store.steps)
+    state = {"t": None}
+    handles = []
+    if inject:
+        for path, kind in attention_layers(model.unet).items():
+            if kind != "cross":
+                continue
+
+            def hook(module, probs, path=path):
+                i = steps.index(state["t"])
+                old = recorded[(path, steps[min(max(i + shift, 0), len(steps) - 1)])]
+                new = probs.clone()
+                # the text half (row 1) of [empty; prompt] takes the source's map
+                new[list(rows)] = old[list(rows)].to(probs.dtype)
+                return new
+
+            handles.append(model.unet.get_submodule(path).register_probs_hook(hook))
+    try:
+        edited = swap_sample(model, target, seed, on_step=lambda t: state.__setitem__("t", t))
+    finally:
+        for h in handles:
+            h.remove()
+    return src, edited
+
+
+def reference_word_swap(model, source: str, target: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt-to-prompt's word swap (Hertz et al. 2022, "Prompt-to-Prompt Image Editing with Cross Attention
+    Control", §3.2 "word swap"): sample ``source`` with :func:`swap_sample`, recording every cross-attention
+    layer's probabilities at every step; then sample ``target`` from the same noise, and in every
+    cross-attention layer at every step replace the text half's probabilities (batch row 1 of the
+    guided batch) with the source's, through :meth:`unetlab.attention.Attention.register_probs_hook`.
+    The two prompts must have equally many tokens. Returns ``(source image, edited image)``, each ``(1, 3, 32, 32)``."""
+    return _swap(model, source, target, seed)
+
+
+def _swap_model():
+    from ..text2img import load_text2img
+
+    return load_text2img()
+
+
+@exercise(5, "5.4", "prompt-to-prompt：换一个词", "Prompt-to-prompt: swap one word")
+def check_word_swap(fn: Callable, model=None) -> Feedback:
+    """Check ``fn(model, source, target, seed) -> (source image, edited image)`` against
+    :func:`reference_word_swap` on :data:`SWAP_PROMPTS` (the shipped small text-to-image model unless
+    ``model`` is given). Diagnoses: no injection (the plain target image), the source sampled twice,
+    both halves of the guided batch replaced, the maps of the neighbouring step. A function that
+    raises ``NotImplementedError`` (the notebook's stub) is "not attempted yet"."""
+    model = _swap_model() if model is None else model
+    answers: dict[int, object] = {}
+
+    def answer(i: int):
+        if i not in answers:
+            source, target, seed = SWAP_PROMPTS[i]
+            answers[i] = fn(model, source, target, seed)
+        return answers[i]
+
+    def runs():
+        what = ("函数可以运行", "the function runs")
+        if not callable(fn):
+            return function_check(fn, "check_word_swap(word_swap)")
+        try:
+            answer(0)
+        except NotImplementedError:
+            return Check(
+                *what, False, detail_zh="函数抛出了 NotImplementedError。", detail_en="the function raised NotImplementedError.",
+                hint_zh="先用 capture_attention 记录源描述每一步、每一层的交叉注意力；再给每个交叉注意力层注册概率钩子，"
+                        "在生成目标描述时把记录下的概率换进去。",
+                hint_en="First record the source prompt's cross-attention at every step and layer with capture_attention; then "
+                        "register a probabilities hook on every cross-attention layer that puts the recorded probabilities "
+                        "in while the target prompt is sampled.",
+                stub=True,  # the notebook's stub
+            )
+        except Exception as exc:
+            return Check(
+                *what, False, detail_zh=describe_exception(exc), detail_en=describe_exception(exc),
+                hint_zh="钩子的签名是 hook(module, probs)，返回同形状的新张量（不要原地修改 probs）；用完要 handle.remove()。",
+                hint_en="A hook is hook(module, probs) and returns a new tensor of the same shape (do not edit probs in place); "
+                        "call handle.remove() afterwards.",
+            )
+        return Check(*what, True)
+
+    def pair():
+        out = answer(0)
+        ok = (isinstance(out, (tuple, list)) and len(out) == 2
+              and all(isinstance(x, torch.Tensor) and tuple(x.shape) == (1, 3, 32, 32) for x in out))
+        return Check(
+            "返回 (源图, 编辑后的图)，各 (1, 3, 32, 32)", "returns (source image, edited image), each (1, 3, 32, 32)", ok,
+            detail_zh="" if ok else f"得到 {type(out).__name__}。", detail_en="" if ok else f"got {type(out).__name__}.",
+            hint_zh="return source_image, edited_image：两张都用 swap_sample 生成。",
+            hint_en="return source_image, edited_image: both made with swap_sample.",
+        )
+
+    def values():
+        what = ("编辑后的图与参考一致", "the edited image equals the reference")
+        for i, (source, target, seed) in enumerate(SWAP_PROMPTS):
+            src, edited = answer(i)
+            ref_src, ref_edit = _swap(model, source, target, seed)
+            if not tensors_close(src, ref_src, atol=1e-4):
+                return Check(*what, False, detail_zh=f"“{source}”的源图就不一致。", detail_en=f"the source image of '{source}' differs.",
+                             hint_zh=f"源图要用 swap_sample(model, source, seed) 生成（随机种子 {seed}）。",
+                             hint_en=f"Make the source image with swap_sample(model, source, seed) (random seed {seed}).")
+            if tensors_close(edited, ref_edit, atol=1e-4):
+                continue
+            slips = {
+                "plain": (swap_sample(model, target, seed),
+                          "编辑后的图就是直接生成目标描述的图：注意力图没有被换进去。钩子注册了吗？它返回新的概率了吗？",
+                          "The edited image is the target prompt sampled plainly: no map was injected. Were the hooks "
+                          "registered, and do they return the new probabilities?"),
+                "source": (ref_src,
+                           "编辑后的图和源图一模一样：第二次生成用的还是源描述。第二次要用目标描述。",
+                           "The edited image is the source image: the second run used the source prompt again. Use the target prompt."),
+                "both_rows": (_swap(model, source, target, seed, rows=(0, 1))[1],
+                              "把批次的两半都换了。引导批次是 [空描述; 描述]，只有第 1 行（有文字的那一半）读目标描述，只换它。",
+                              "You replaced both halves of the batch. The guided batch is [empty prompt; prompt]; only row 1 "
+                              "(the text half) reads the target prompt: replace that one."),
+                "next_step": (_swap(model, source, target, seed, shift=1)[1],
+                              "用的是下一步记录的图。每一步要用同一个时间步 t 记录的图：用 on_step 记下当前的 t。",
+                              "You used the maps of the next step. Each step takes the maps recorded at the same timestep t: "
+                              "keep the current t with on_step."),
+                "prev_step": (_swap(model, source, target, seed, shift=-1)[1],
+                              "用的是上一步记录的图。每一步要用同一个时间步 t 记录的图：用 on_step 记下当前的 t。",
+                              "You used the maps of the previous step. Each step takes the maps recorded at the same timestep t: "
+                              "keep the current t with on_step."),
+            }
+            for slip, hint_zh, hint_en in slips.values():
+                if tensors_close(edited, slip, atol=1e-4):
+                    return Check(*what, False, detail_zh=f"“{source}” → “{target}” 不一致。",
+                                 detail_en=f"'{source}' -> '{target}' differs.", hint_zh=hint_zh, hint_en=hint_en)
+            err = (edited.float() - ref_edit).abs().max().item() if isinstance(edited, torch.Tensor) and edited.shape == ref_edit.shape else float("nan")
+            return Check(*what, False, detail_zh=f"“{source}” → “{target}”：最大误差 {err:.3g}。",
+                         detail_en=f"'{source}' -> '{target}': largest error {err:.3g}.",
+                         hint_zh="每个交叉注意力层、每一步：新概率 = probs 的拷贝，第 1 行换成源描述同一层同一步记录的第 1 行。",
+                         hint_en="In every cross-attention layer at every step: new probs = a copy of probs whose row 1 is "
+                                 "row 1 recorded for the source at the same layer and step.")
+        return Check(*what, True, detail_zh=f"{len(SWAP_PROMPTS)} 对描述都一致。", detail_en=f"equal on {len(SWAP_PROMPTS)} prompt pairs.")
+
+    return run_checks("prompt-to-prompt：换一个词", "Prompt-to-prompt: swap one word", [runs, pair, values], stop_at_failure=True)

@@ -18,7 +18,8 @@ checker, its notebook stub, and when the answer counts as "not attempted":
 * ``check_skip_ablation`` — ``my_replacement`` raises ``NotImplementedError`` and the table and the
   verdict are blank (``None`` everywhere).
 * ``check_crossover`` — ``{"skips": None, "noskips": None}``: both values blank.
-* ``check_embedding``, ``check_self_attention``, ``check_attention_map`` — ``raise
+* ``check_embedding``, ``check_self_attention``, ``check_attention_map``, ``check_aggregation``,
+  ``check_word_swap`` — ``raise
   NotImplementedError``: the function raises it.
 * ``check_similarity_matrix`` — ``hw_sim = None``: ``sim`` is blank.
 * ``check_gap_prediction`` — ``my_variant`` raises ``NotImplementedError`` and ``predicted`` and

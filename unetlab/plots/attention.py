@@ -62,26 +62,34 @@ def _resize(m: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return m.numpy()
 
 
-def overlay(ax, image, attn_map, *, alpha: float = 0.6, cmap: str = "jet", normalize: bool = True, title: str = ""):
+def overlay(ax, image, attn_map, *, alpha: float = 0.6, cmap: str = "jet", normalize: bool = True, title: str = "",
+            vmin: float | None = None, vmax: float | None = None, colorbar: bool = False):
     """Draw ``image`` with ``attn_map`` (upsampled bilinearly to the image) on top; returns ``ax``.
 
-    ``normalize``: stretch the map to [0, 1] first (shapes, not absolute values, are compared).
+    ``normalize``: each map's colours span its own min … max (shapes, not strengths, are compared);
+    the values themselves are never changed, so a ``colorbar`` shows the map's real numbers
+    (attention probabilities). ``vmin``/``vmax`` fix the colour range instead (shared between panels).
     With ``image=None`` only the map is drawn (at its own resolution, nearest-neighbour pixels).
     """
     m = _map_tensor(attn_map)
-    if normalize:
-        m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
+    if vmin is None and vmax is None and normalize:
+        vmin, vmax = float(m.min()), float(m.max())
+        if vmax <= vmin:
+            vmax = vmin + 1e-12
     if image is None:
-        ax.imshow(m.numpy(), cmap=cmap, interpolation="nearest", vmin=0 if normalize else None, vmax=1 if normalize else None)
+        im = ax.imshow(m.numpy(), cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
     else:
         img = image_to_display(image)
         ax.imshow(img, interpolation="nearest")
-        ax.imshow(_resize(m, img.shape[:2]), cmap=cmap, alpha=alpha, interpolation="bilinear",
-                  vmin=0 if normalize else None, vmax=1 if normalize else None)
+        im = ax.imshow(_resize(m, img.shape[:2]), cmap=cmap, alpha=alpha, interpolation="bilinear", vmin=vmin, vmax=vmax)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=9)
+    if colorbar:
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        cb.ax.tick_params(labelsize=6)
+        cb.formatter.set_powerlimits((-4, 4))
     return ax
 
 
@@ -95,12 +103,14 @@ def plot_maps(
     cmap: str = "jet",
     panel_size: float = 1.9,
     suptitle: str = "",
+    colorbar: bool = True,
 ):
     """A grid of attention maps, one panel each; a dict's keys become the panel titles.
 
-    ``image``: drawn under every map (then each map is upsampled to it). ``normalize``: stretch each
-    map to [0, 1]; with ``normalize=False`` all panels share one colour scale, so their strengths
-    compare.
+    ``image``: drawn under every map (then each map is upsampled to it). ``normalize``: each panel's
+    colours span its own min … max (with ``colorbar``, one bar per panel in the map's own units);
+    ``normalize=False``: all panels share one colour scale from 0 to the largest value, so their
+    strengths compare (with ``colorbar``, one bar per panel, all equal).
     """
     if isinstance(maps, Mapping):
         titles = list(maps.keys()) if titles is None else list(titles)
@@ -118,17 +128,18 @@ def plot_maps(
     nrows = math.ceil(n / ncols)
     # each row: the panel plus room for its title
     height = (panel_size + 0.3) * nrows + (0.4 if suptitle else 0)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, height), squeeze=False)
+    # a colour bar widens each panel by about a quarter
+    width = panel_size * ncols * (1.3 if colorbar else 1.0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
     vmax = max(float(t.max()) for t in tensors)
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, t, title in zip(axes.flat, tensors, titles):
         if normalize:
-            overlay(ax, image, t, cmap=cmap, title=str(title))
+            overlay(ax, image, t, cmap=cmap, title=str(title), colorbar=colorbar)
         else:
-            shown = t / max(vmax, 1e-12)
-            overlay(ax, image, shown, cmap=cmap, normalize=False, title=str(title))
-            ax.images[-1].set_clim(0, 1)
+            overlay(ax, image, t, cmap=cmap, normalize=False, vmin=0.0, vmax=max(vmax, 1e-12), title=str(title),
+                    colorbar=colorbar)
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
@@ -174,19 +185,30 @@ def plot_query_map(
     return fig
 
 
-def plot_token_maps(image, word_maps: Mapping[str, object], *, title: str = "", panel_size: float = 1.9, cmap: str = "jet"):
-    """The image, then one panel per word with that word's map over the image."""
+def plot_token_maps(image, word_maps: Mapping[str, object], *, title: str = "", panel_size: float = 1.9, cmap: str = "jet",
+                    shared_scale: bool = True, colorbar: bool = True):
+    """The image, then one panel per word with that word's map over the image.
+
+    ``shared_scale``: every word's colours span 0 … the largest value of all maps, so the words'
+    strengths compare (a word no pixel reads stays dark); ``False``: each panel spans its own
+    min … max. ``colorbar``: a bar per panel, in the maps' own units (attention probabilities).
+    """
     if not word_maps:
         raise ValueError("plot_token_maps needs at least one word's map")
     n = len(word_maps) + 1
-    fig, axes = plt.subplots(1, n, figsize=(panel_size * n, panel_size + (0.4 if title else 0.1)), squeeze=False)
+    width = panel_size * n * (1.3 if colorbar else 1.0)
+    fig, axes = plt.subplots(1, n, figsize=(width, panel_size + (0.4 if title else 0.1)), squeeze=False)
+    top = max(float(_map_tensor(m).max()) for m in word_maps.values())
     axes = axes[0]
     axes[0].imshow(image_to_display(image), interpolation="nearest")
     axes[0].set_xticks([])
     axes[0].set_yticks([])
     axes[0].set_title("image", fontsize=9)
     for ax, (word, m) in zip(axes[1:], word_maps.items()):
-        overlay(ax, image, m, cmap=cmap, title=str(word))
+        if shared_scale:
+            overlay(ax, image, m, cmap=cmap, title=str(word), vmin=0.0, vmax=max(top, 1e-12), colorbar=colorbar)
+        else:
+            overlay(ax, image, m, cmap=cmap, title=str(word), colorbar=colorbar)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
