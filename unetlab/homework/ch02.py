@@ -582,8 +582,8 @@ def _skip_hint(got, want, config) -> tuple[str, str]:
     if len(got) == len(want) and all(len(g) == len(w) for g, w in zip(got, want)):
         hiddens_ok = all(a[0] == b[0] for g, w in zip(got, want) for a, b in zip(g, w))
         totals_ok = all(sum(a) == sum(b) for g, w in zip(got, want) for a, b in zip(g, w))
-        seed_style = all(a[0] == a[1] for g in got for a in g)
-        if seed_style:
+        note_style = all(a[0] == a[1] for g in got for a in g)
+        if note_style:
             return ("跳跃连接的通道数不总等于 hidden 的通道数 (学习笔记 000 表格的简化)。把下采样路径上每个被收集的张量"
                     "按顺序列出来，再从尾部往前弹出。",
                     "A skip does not always have the hidden state's channels (the simplification in study note 000's table). "

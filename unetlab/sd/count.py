@@ -26,7 +26,7 @@ API
 ``component_params(name="sd15")``
     The parts of a whole SD model — text encoder(s) (transformers' ``CLIPTextModel``), VAE (diffusers'
     ``AutoencoderKL``) and UNet — counted on the meta device from their configs, with shares.
-    SD 1.5 gives seed 001's figures: 123,060,480 / 83,653,863 / 859,520,964. Returns a
+    SD 1.5 gives study note 001's figures: 123,060,480 / 83,653,863 / 859,520,964. Returns a
     :class:`ComponentCount` (a :class:`unetlab.sd.tables.Table` with ``.counts`` and ``.total``).
 ``text_encoder_configs(name)``, ``VAE_CONFIG``
     The configs used (transformers ``CLIPTextConfig`` objects; diffusers ``AutoencoderKL`` kwargs).
