@@ -14,7 +14,10 @@ from unetlab.homework import ch02
 from unetlab.homework.ch02 import (
     SD_SHAPE_LATENT,
     SD_SHAPE_POINTS,
-    check_component_shares,
+    SD21_KEYS,
+    check_sd21_params,
+    context_params_truth,
+    sd21_difference,
     check_shape_predictions,
     check_skip_channels,
     sd_shape_truth,
@@ -37,12 +40,20 @@ def _hints(feedback) -> str:
 
 
 # ---- reference answers, derived from the config (as in the solutions notebook) ------------------
-def reference_shares():
-    from unetlab.sd.count import component_params
+def reference_sd21_answer():
+    return {"grew": {"attn2.to_k", "attn2.to_v"}, "reshaped": {"proj_in", "proj_out"}, "heads_change_count": False}
 
-    counts = component_params("sd15").counts
-    total = sum(counts.values())
-    return {"clip": counts["text_encoder"] / total, "vae": counts["vae"] / total, "unet": counts["unet"] / total}
+
+def reference_extra_params(config, width):
+    """The solutions notebook's formula: Σ over every BasicTransformerBlock of 2 · C · (width − context)."""
+    C, depth, n = config.block_out_channels, config.transformer_layers_per_block, config.layers_per_block
+    total = sum(n * depth[i] * C[i] for i, kind in enumerate(config.down_block_types) if kind.startswith("CrossAttn"))
+    if config.mid_block_type == "UNetMidBlock2DCrossAttn":
+        total += depth[-1] * C[-1]
+    for i, kind in enumerate(config.up_block_types):
+        if kind.startswith("CrossAttn"):
+            total += (n + 1) * depth[len(C) - 1 - i] * C[len(C) - 1 - i]
+    return 2 * total * (width - config.cross_attention_dim)
 
 
 def reference_predictions(size=SD_SHAPE_LATENT):
@@ -133,32 +144,79 @@ def test_point_names_accept_a_space_before_the_submodule():
 
 
 # ---- exercise 2.A ---------------------------------------------------------------------------
-def test_component_shares_reference_passes_and_tensors_are_fine():
-    shares = reference_shares()
-    assert check_component_shares(shares).passed
-    assert check_component_shares({k: torch.tensor(v) for k, v in shares.items()}).passed
+def test_sd21_truth_is_the_parameter_diff_of_diffusers_models():
+    # independent of unetlab's SDUNet: diffusers' UNet2DConditionModel of both configs, on the meta device
+    from unetlab.configs import SD21
+
+    d15, d21 = _diffusers_meta(SD15), _diffusers_meta(SD21)
+    n15 = sum(p.numel() for p in d15.parameters())
+    n21 = sum(p.numel() for p in d21.parameters())
+    truth = sd21_difference()
+    assert truth["extra"] == n21 - n15 == context_params_truth(SD15, SD21.cross_attention_dim)
+    grown = {n.split(".")[-2] for n, p in d21.named_parameters()
+             if p.numel() != dict(d15.named_parameters())[n].numel()}
+    assert grown == {"to_k", "to_v"} and all(s.startswith("attn2.") for s in truth["grew"])
+    assert truth["heads_change_count"] is False
+    assert set(truth) == set(SD21_KEYS) | {"extra"}
+
+
+def test_sd21_reference_passes_in_other_spellings():
+    assert check_sd21_params(reference_sd21_answer(), reference_extra_params).passed
+    spelled = {"grew": ["attn2.to_v", " attn2.to_k"], "reshaped": ("proj_out", "proj_in"),
+               "heads_change_count": torch.tensor(False)}
+    assert check_sd21_params(spelled, lambda c, w: torch.tensor(reference_extra_params(c, w))).passed
+
+
+def _wrong_formula(**flags):
+    return lambda config, width: ch02._context_formula(config, width, **flags)
 
 
 @pytest.mark.parametrize(
-    "mistake, hint",
+    "change, fn, hint",
     [
-        (lambda s: {k: 100 * v for k, v in s.items()}, "percentage"),
-        (lambda s: {"clip": 0.12, "vae": 0.08, "unet": 0.80}, "rounded too much"),
-        (lambda s: {"clip": s["clip"] / s["unet"], "vae": s["vae"] / s["unet"], "unet": 1.0}, "UNet's count"),
-        (lambda s: {"clip": s["clip"] / (s["clip"] + s["vae"]), "vae": s["vae"] / (s["clip"] + s["vae"]),
-                    "unet": s["unet"]}, "misses the UNet"),
-        (lambda s: {"clip": s["clip"], "vae": s["vae"]}, "missing"),
-        (lambda s: {"clip": None, "vae": "0.08", "unet": float("nan")}, "finite number"),
-        (lambda s: list(s.values()), "Write {'clip'"),
+        ({"grew": {"to_k", "to_v"}}, reference_extra_params, "Say which attention"),
+        ({"grew": {"attn2.to_q", "attn2.to_k", "attn2.to_v"}}, reference_extra_params, "to_q reads the image"),
+        ({"grew": {"attn2.to_k"}}, reference_extra_params, "key is not the only thing"),
+        ({"grew": {"attn2.to_k", "attn2.to_v", "proj_in", "proj_out"}}, reference_extra_params, "belong in reshaped"),
+        ({"reshaped": {"attn1.to_q", "attn2.to_q"}}, reference_extra_params, "does not reshape to_q"),
+        ({"reshaped": set()}, reference_extra_params, "same number of weights"),
+        ({"heads_change_count": True}, reference_extra_params, "heads × channels per head = C"),
+        ({"heads_change_count": "no"}, reference_extra_params, "True or False"),
+        ({}, _wrong_formula(kv=1), "Two matrices read the text"),
+        ({}, _wrong_formula(per_block=True), "more than one Transformer"),
+        ({}, _wrong_formula(depth=False), "several BasicTransformerBlocks"),
+        ({}, _wrong_formula(up_extra=False), "one more Transformer"),
+        ({}, _wrong_formula(mid=False), "mid block"),
+        ({}, _wrong_formula(difference=False), "the question is the difference"),
+        ({}, lambda c, w: -reference_extra_params(c, w), "Wrong sign"),
+        ({}, lambda c, w: "6,389,760", "Return one integer"),
     ],
-    ids=["percent", "seed-rounded", "over-unet", "no-unet", "missing-key", "not-numbers", "a-list"],
+    ids=["no-attn-name", "to_q", "only-k", "proj-grew", "heads-reshape", "reshaped-empty", "heads-true", "not-bool",
+         "one-of-kv", "per-block", "no-depth", "up-no-plus-one", "no-mid", "size-not-diff", "sign", "a-string"],
 )
-def test_component_shares_typical_mistakes(mistake, hint):
-    feedback = check_component_shares(mistake(reference_shares()))
+def test_sd21_typical_mistakes(change, fn, hint):
+    answer = {**reference_sd21_answer(), **change}
+    feedback = check_sd21_params(answer, fn)
     assert not feedback.passed
-    assert hint in _hints(feedback)
+    assert hint in _hints(feedback), str(feedback)
     text = str(feedback)
     assert "提示" in text and "Hint" in text
+
+
+def test_sd21_one_level_deep_formula_passes_sd15_but_not_sdxl():
+    # a formula that ignores transformer_layers_per_block is right for SD 1.5 and the tiny configs, wrong for SDXL
+    feedback = check_sd21_params(reference_sd21_answer(), _wrong_formula(depth=False))
+    failed = [c.what_en for c in feedback.failed()]
+    assert failed == ["extra_params(sdxl, 768)"], failed
+
+
+def test_sd21_half_stub_is_an_attempt():
+    def stub(config, width):
+        raise NotImplementedError
+
+    feedback = check_sd21_params(reference_sd21_answer(), stub)
+    assert feedback.attempted and not feedback.passed
+    assert sum(c.passed for c in feedback.checks) == 4
 
 
 # ---- exercise 2.B ---------------------------------------------------------------------------
@@ -249,11 +307,13 @@ ODD = [None, 42, "abc", b"x", [], {}, {1: 2}, {None: None}, object(), torch.zero
 @pytest.mark.slow
 @pytest.mark.parametrize("answer", ODD, ids=[type(a).__name__ + str(i) for i, a in enumerate(ODD)])
 def test_checkers_never_raise(answer):
-    for checker in (check_component_shares, check_shape_predictions, check_skip_channels):
+    for checker in (check_shape_predictions, check_skip_channels):
         feedback = checker(answer)
         assert not feedback.passed
         assert str(feedback)
+    assert not check_sd21_params(answer, answer).passed
+    assert str(check_sd21_params(answer, answer))
     # the same odd value inside a well-formed answer
-    assert not check_component_shares({"clip": answer, "vae": answer, "unet": answer}).passed
+    assert not check_sd21_params({k: answer for k in SD21_KEYS}, lambda c, w, a=answer: a).passed
     assert not check_shape_predictions({p: answer for p in SD_SHAPE_POINTS}).passed
     assert not check_skip_channels(lambda config, a=answer: a).passed

@@ -48,9 +48,20 @@ scaling = {
     "at_128": {part: None for part in PARTS},     # TODO: each part's count at base_channels=128, predicted
 }
 ''', "check_param_scaling(scaling)"),
-    "check_component_shares": ("02_sd_unet.ipynb", '''
-shares = {"clip": None, "vae": None, "unet": None}  # TODO: fractions computed from components.counts
-''', "check_component_shares(shares)"),
+    "check_sd21_params": ("02_sd_unet.ipynb", '''
+from unetlab.homework import check_sd21_params
+
+sd21_answer = {
+    "grew": None,                # TODO: the sub-modules whose parameter count grows, e.g. {"attn1.to_q"}
+    "reshaped": None,            # TODO: the sub-modules whose weights change shape but not size
+    "heads_change_count": None,  # TODO: True or False
+}
+
+
+def extra_params(config, width):
+    # TODO: the parameters gained when only config.cross_attention_dim becomes width
+    raise NotImplementedError
+''', "check_sd21_params(sd21_answer, extra_params)"),
     "check_shape_predictions": ("02_sd_unet.ipynb", '''
 from unetlab.homework import SD_SHAPE_POINTS, check_shape_predictions
 

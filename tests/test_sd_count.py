@@ -128,3 +128,39 @@ def test_params_cli(capsys):
     assert "tiny UNet parameters" in capsys.readouterr().out
     assert main(["params", "nope"]) == 2
     assert "unknown UNet config" in capsys.readouterr().err
+
+
+def _hand_transformer_counts(C: int, context: int, linear: bool) -> dict[str, int]:
+    """One SD 1.5-style Transformer2DModel (1 BasicTransformerBlock, width C), counted by hand."""
+    return {
+        # proj_in, proj_out: C×C weights (1×1 conv or Linear, same count) + biases
+        "proj": 2 * (C * C + C),
+        # to_q, to_k, to_v without bias, to_out with bias
+        "attn1": 3 * C * C + C * C + C,
+        # to_k, to_v read the text: context × C
+        "attn2": C * C + 2 * context * C + C * C + C,
+        # GEGLU C -> 2·4C, then 4C -> C
+        "ff": C * 8 * C + 8 * C + 4 * C * C + C,
+        # GroupNorm + 3 LayerNorms, weight and bias each
+        "norms": 4 * 2 * C,
+    }
+
+
+def test_transformer_params_split_matches_hand_count_and_attentions_column():
+    from unetlab.sd.count import TRANSFORMER_KINDS, transformer_params
+
+    # SD 1.5's transformers: 2 per down block at 320, 640, 1280, 1 in the mid block, 3 per up block
+    widths = [320] * 2 + [640] * 2 + [1280] * 2 + [1280] + [1280] * 3 + [640] * 3 + [320] * 3
+    for name, context in (("sd15", 768), ("sd21", 1024)):
+        split = transformer_params(name)
+        want = {k: sum(_hand_transformer_counts(C, context, name == "sd21")[k] for C in widths) for k in TRANSFORMER_KINDS}
+        assert dict(split.counts) == want, name
+        assert split.total == count_params(name).by_kind()["attentions"]
+        assert split.unet == count_params(name).total
+    sd15 = transformer_params("sd15")
+    # the issue-11 claim the chapter states: the feed-forward is the largest part, attention alone ≈ 11% of the UNet
+    assert max(sd15.counts, key=sd15.counts.get) == "ff"
+    assert 0.10 < (sd15.counts["attn1"] + sd15.counts["attn2"]) / sd15.unet < 0.12
+    assert transformer_params("sdxl").total == count_params("sdxl").by_kind()["attentions"]
+    with pytest.raises(ValueError, match="no transformers"):
+        transformer_params(nn.Linear(2, 2))

@@ -1,4 +1,4 @@
-"""Seed-000-style tables measured by tracing SDUNet on the meta device."""
+"""Study-note-000-style tables measured by tracing SDUNet on the meta device."""
 from __future__ import annotations
 
 import pytest
@@ -8,14 +8,14 @@ from unetlab.configs import get_config
 from unetlab.sd.tables import Table, block_table, io_table, skip_table
 
 
-def test_sd15_block_table_against_seed_000():
+def test_sd15_block_table_against_study_note_000():
     table = block_table("sd15")
     records = {r["block"]: r for r in table.records()}
     assert list(records) == [f"down_blocks.{i}" for i in range(4)] + ["mid_block"] + [f"up_blocks.{i}" for i in range(4)]
-    # seed 000's down table: sizes and channels
+    # study note 000's down table: sizes and channels
     assert table.column("resolution")[:4] == ["64×64 → 32×32", "32×32 → 16×16", "16×16 → 8×8", "8×8 → 8×8"]
     assert table.column("channels")[:4] == ["320 → 320", "320 → 640", "640 → 1280", "1280 → 1280"]
-    # seed 000's up table: sizes (up block 4 stays at 64×64)
+    # study note 000's up table: sizes (up block 4 stays at 64×64)
     assert table.column("resolution")[5:] == ["8×8 → 16×16", "16×16 → 32×32", "32×32 → 64×64", "64×64 → 64×64"]
     assert table.column("resnets") == [2, 2, 2, 2, 2, 3, 3, 3, 3]
     assert table.column("transformers") == [2, 2, 2, 0, 1, 0, 3, 3, 3]
@@ -46,7 +46,7 @@ def test_sd15_skip_table_matches_the_resnets_weights():
     }
     for r in table.records():
         assert r["h"] + r["+ skip"] == r["= in"] == expected[r["resnet"]]
-    # seed 000 says "1280 + 1280 -> 640" for up block 2; the ResNets really see 1920, 1280, 960
+    # study note 000 says "1280 + 1280 -> 640" for up block 2; the ResNets really see 1920, 1280, 960
     assert table.column("= in")[6:9] == [1920, 1280, 960]
     # last in, first out: the first up ResNet takes the last down output, the last one conv_in's
     assert table.column("skip from")[0] == "down_blocks.3.resnets.1"

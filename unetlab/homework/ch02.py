@@ -3,14 +3,15 @@
 Three exercises, each with a checker that answers in 中文 and English and never raises
 because of the learner's answer:
 
-* ``check_component_shares(answer)``: the share of SD 1.5's parameters held by the CLIP text
-  encoder, the VAE and the UNet (fractions that sum to 1), from the counts in the notebook.
+* ``check_sd21_params(answer, extra_params)``: which sub-modules of SD 2.1's UNet hold more
+  parameters than SD 1.5's, which only change shape, whether the head layout matters, and a
+  function that predicts, from a config alone, what a new text width costs.
 * ``check_shape_predictions(predictions)``: predicted tensor shapes at named points of the
   SD 1.5 UNet for a 96×96 latent (batch 1), e.g. ``"down_blocks.1 output"``.
 * ``check_skip_channels(fn)``: a function ``fn(config)`` that returns, for every up-block
   ResNet, the channels it concatenates: ``(hidden, skip)``.
 
-The truth is never typed in: parameter counts come from ``unetlab.sd.count.component_params``,
+The truth is never typed in: parameter counts come from models built on the meta device,
 shapes from ``trace_shapes`` of ``SDUNet(SD15)`` on the meta device (shapes only, no memory), the
 concatenations from ``unetlab.sd.tables.skip_table`` (the same kind of trace).
 ``sd_shape_truth`` and ``skip_channel_truth`` expose that truth; ``SD_SHAPE_POINTS`` lists the
@@ -24,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .answers import as_number, as_shape, function_check
+from .answers import as_bool, as_number, as_shape, function_check, key_check
 from .exercises import exercise
 from .feedback import Check, Feedback, describe_exception, run_checks
 from .stubs import call_answer, is_blank, stub_check
@@ -34,7 +35,10 @@ __all__ = [
     "SD_SHAPE_LATENT",
     "sd_shape_truth",
     "skip_channel_truth",
-    "check_component_shares",
+    "SD21_KEYS",
+    "sd21_difference",
+    "context_params_truth",
+    "check_sd21_params",
     "check_shape_predictions",
     "check_skip_channels",
 ]
@@ -58,7 +62,6 @@ SD_SHAPE_POINTS = (
     "conv_out output",
 )
 
-COMPONENTS = ("clip", "vae", "unet")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,97 +137,265 @@ def skip_channel_truth(config) -> list[list[tuple[int, int]]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Exercise 2.A: parameter shares
+# Exercise 2.A: where SD 2.1's parameters differ from SD 1.5's, and why
 # ---------------------------------------------------------------------------------------------
-# the learner's key -> the component's name in unetlab.sd.count.component_params
-_COMPONENT_NAMES = {"clip": "text_encoder", "vae": "vae", "unet": "unet"}
+#: the keys of exercise 2.A's answer dict
+SD21_KEYS = ("grew", "reshaped", "heads_change_count")
+
+
+def _submodule(name: str) -> str:
+    """A parameter's sub-module inside a transformer, as the exercise names it.
+
+    'down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight' -> 'attn2.to_k';
+    '....attn1.to_out.0.bias' -> 'attn1.to_out'; '....ff.net.0.proj.weight' -> 'ff';
+    '....attentions.0.proj_in.weight' -> 'proj_in'; anything outside a transformer -> its module path.
+    """
+    parts = name.split(".")[:-1]  # drop weight / bias
+    for attn in ("attn1", "attn2"):
+        if attn in parts:
+            i = parts.index(attn)
+            return f"{attn}.{parts[i + 1]}"
+    if "ff" in parts:
+        return "ff"
+    if "attentions" in parts:
+        return parts[-1]
+    return ".".join(parts)
 
 
 @lru_cache(maxsize=1)
-def _component_counts() -> dict[str, int]:
-    from unetlab.sd.count import component_params
+def sd21_difference() -> dict:
+    """SD 2.1 against SD 1.5, parameter by parameter, on the meta device (the truth of exercise 2.A).
 
-    counts = component_params("sd15").counts
-    return {k: int(counts[name]) for k, name in _COMPONENT_NAMES.items()}
-
-
-@exercise(2, "2.A", "练习 2.A 三个组件的参数占比", "Exercise 2.A: parameter share of each component")
-def check_component_shares(answer) -> Feedback:
-    """Check ``{"clip": share, "vae": share, "unet": share}``: fractions of all SD 1.5 parameters.
-
-    The shares are fractions (0.12, not 12) of CLIP text encoder + VAE + UNet together;
-    a tolerance of 0.001 is allowed. A blank dict (the notebook's stub: every share ``None``) is
-    "not attempted yet".
+    Returns ``{"grew": set of sub-modules whose parameter count grew, "reshaped": set of sub-modules
+    whose weights changed shape but not size, "heads_change_count": bool, "extra": int}``.
     """
-    title = ("练习 2.A 三个组件的参数占比", "Exercise 2.A: parameter share of each component")
-    if isinstance(answer, dict) and is_blank(answer):
+    from unetlab.configs import SD15, SD21
+    from unetlab.sd.count import meta_unet
+
+    shapes15 = {n: p.shape for n, p in meta_unet(SD15).named_parameters()}
+    shapes21 = {n: p.shape for n, p in meta_unet(SD21).named_parameters()}
+    if shapes15.keys() != shapes21.keys():
+        raise RuntimeError("SD 1.5 and SD 2.1 no longer have the same parameter names")
+    grew = {_submodule(n) for n in shapes15 if shapes21[n].numel() != shapes15[n].numel()}
+    reshaped = {_submodule(n) for n in shapes15 if shapes21[n] != shapes15[n]} - grew
+    # SD 2.1 with SD 1.5's heads (8 per block): does the head layout alone change the count?
+    n21 = sum(s.numel() for s in shapes21.values())
+    n21_8heads = sum(p.numel() for p in meta_unet(SD21.replace(num_attention_heads=SD15.num_attention_heads)).parameters())
+    extra = n21 - sum(s.numel() for s in shapes15.values())
+    return {"grew": grew, "reshaped": reshaped, "heads_change_count": n21 != n21_8heads, "extra": extra}
+
+
+def context_params_truth(config, width: int) -> int:
+    """Parameters gained when only ``cross_attention_dim`` of ``config`` becomes ``width`` (meta device)."""
+    from unetlab.sd.count import meta_unet
+
+    before = sum(p.numel() for p in meta_unet(config).parameters())
+    after = sum(p.numel() for p in meta_unet(config.replace(cross_attention_dim=width)).parameters())
+    return after - before
+
+
+def _context_formula(config, width: int, kv: int = 2, per_block: bool = False, depth: bool = True,
+                     up_extra: bool = True, mid: bool = True, difference: bool = True) -> int:
+    """The extra parameters by formula; the flags switch on the usual mistakes (for the hints)."""
+    C = config.block_out_channels
+    d = config.transformer_layers_per_block if depth else (1,) * len(C)
+    n = config.layers_per_block
+    # Σ over every BasicTransformerBlock of its width C: the to_k and to_v weights are (C, context)
+    total = 0
+    for i, kind in enumerate(config.down_block_types):
+        if kind.startswith("CrossAttn"):
+            total += (1 if per_block else n) * d[i] * C[i]
+    if mid and config.mid_block_type == "UNetMidBlock2DCrossAttn":
+        total += d[-1] * C[-1]
+    for i, kind in enumerate(config.up_block_types):
+        if kind.startswith("CrossAttn"):
+            j = len(C) - 1 - i  # up block i works at down block j's width
+            total += (1 if per_block else n + (1 if up_extra else 0)) * d[j] * C[j]
+    # (to_k, to_v): C × (width − context) more weights each, no bias
+    return kv * total * ((width - config.cross_attention_dim) if difference else width)
+
+
+def _context_cases():
+    """(config, new context width) pairs the learner's ``extra_params`` is tried on."""
+    from unetlab.configs import SD15, SDXL, TINY
+
+    return [(SD15, 1024), (SD15, 2048), (SDXL, 768), (TINY, 48),
+            (TINY.replace(name="tiny, layers_per_block=1", layers_per_block=1), 64)]
+
+
+def _context_hint(config, width: int, got: float) -> tuple[str, str]:
+    """The most likely mistake behind a wrong ``extra_params(config, width)``."""
+    want = _context_formula(config, width)
+    if got == -want:
+        return ("符号反了：要的是新模型减旧模型，文本变窄时结果是负数。",
+                "Wrong sign: new minus old; a narrower text gives a negative number.")
+    mistakes = [
+        (dict(kv=1), ("交叉注意力里读文本的是两个矩阵：to_k 和 to_v。", "Two matrices read the text in a cross-attention: to_k and to_v.")),
+        (dict(difference=False), ("这是新的 to_k、to_v 的全部大小；要的是差：(新宽度 − 旧宽度) × C。",
+                                  "That is the whole size of the new to_k and to_v; the question is the difference: "
+                                  "(new width − old width) × C.")),
+        (dict(per_block=True), ("每个块不止一个 Transformer：下采样块有 layers_per_block 个，上采样块有 layers_per_block + 1 个。",
+                                "A block has more than one Transformer: a down block has layers_per_block of them, an up block "
+                                "layers_per_block + 1.")),
+        (dict(depth=False), ("一个 Transformer 里可以有好几层 BasicTransformerBlock（transformer_layers_per_block，SDXL 是 1、2、10），"
+                             "每层都有自己的 attn2。",
+                             "A Transformer can hold several BasicTransformerBlocks (transformer_layers_per_block; SDXL: 1, 2, 10), "
+                             "each with its own attn2.")),
+        (dict(up_extra=False), ("上采样块的 ResNet 比下采样块多一个，Transformer 也多一个：layers_per_block + 1。",
+                                "An up block has one more ResNet than a down block, and one more Transformer: layers_per_block + 1.")),
+        (dict(mid=False), ("别忘了中间块（UNetMidBlock2DCrossAttn）里的 Transformer。",
+                           "Don't forget the Transformer in the mid block (UNetMidBlock2DCrossAttn).")),
+    ]
+    for flags, hint in mistakes:
+        if got == _context_formula(config, width, **flags):
+            return hint
+    return ("对每一个 BasicTransformerBlock：attn2 的 to_k 和 to_v 都是 (C, 文本宽度) 的矩阵、没有偏置；C 是它所在块的通道数。"
+            "数清每一级有几个，再乘以宽度的变化。",
+            "For every BasicTransformerBlock: attn2's to_k and to_v are (C, text width) matrices without bias, C being its "
+            "block's channels. Count how many there are at each level, then multiply by the change of width.")
+
+
+def _names(value) -> set[str] | None:
+    """A set of sub-module names from a set / list / tuple of strings (spaces and case ignored), else None."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (set, frozenset, list, tuple)) or not all(isinstance(v, str) for v in value):
+        return None
+    return {"".join(v.split()).lower() for v in value}
+
+
+@exercise(2, "2.A", "练习 2.A SD 2.1 的参数比 SD 1.5 多在哪里", "Exercise 2.A: where SD 2.1's parameters differ from SD 1.5's")
+def check_sd21_params(answer, extra_params) -> Feedback:
+    """Check exercise 2.A: where SD 2.1's UNet differs from SD 1.5's in parameters, and a formula for it.
+
+    ``answer``: ``{"grew": set of sub-modules whose parameter count grows (names inside a
+    transformer, e.g. "attn1.to_q", "ff", "proj_in"), "reshaped": set of those whose weights change
+    shape but not size, "heads_change_count": bool (do SD 2.1's 64-channel heads, instead of SD 1.5's
+    8 heads, change the count?)}``. ``extra_params(config, width) -> int``: the parameters gained when
+    only the text width ``cross_attention_dim`` of ``config`` becomes ``width``, from the config alone;
+    tried on SD 1.5, SDXL and two small configs. The truth is measured on the meta device
+    (:func:`sd21_difference`, :func:`context_params_truth`). The stub (every value ``None`` and an
+    ``extra_params`` that raises ``NotImplementedError``) is "not attempted yet".
+    """
+    title = ("练习 2.A SD 2.1 的参数比 SD 1.5 多在哪里", "Exercise 2.A: where SD 2.1's parameters differ from SD 1.5's")
+    outcome = call_answer(extra_params, *_context_cases()[0]) if callable(extra_params) else None
+    fn_blank = outcome is not None and (outcome.not_implemented or outcome.blank)
+    if isinstance(answer, dict) and is_blank(answer) and fn_blank:
         return run_checks(*title, [lambda: stub_check(
-            "三个占比都还是空的（None）。", "all three shares are still empty (None).",
-            "用 2.1 节的 components.counts 算出每个组件占全部参数的比例（0 到 1 之间的小数），填进 shares。",
-            "Compute each component's share of all parameters from section 2.1's components.counts "
-            "(a fraction between 0 and 1) and fill in shares.")])
-    counts = _component_counts()
-    total = sum(counts.values())
-    truth = {k: counts[k] / total for k in COMPONENTS}
-    tol = 1e-3
+            "sd21_answer 的三项都还是 None，extra_params 还没写。",
+            "all three entries of sd21_answer are still None, and extra_params is not written yet.",
+            "先看 2.8 节的对照表：两个模型哪些配置不同？再想每个不同会改变哪些矩阵的形状。",
+            "Start from section 2.8's table: which settings differ between the two models? Then work out which "
+            "matrices each difference reshapes.")])
+    truth = sd21_difference()
 
     def is_dict():
-        ok = isinstance(answer, dict) and set(map(str, answer)) >= set(COMPONENTS)
-        got = type(answer).__name__ if not isinstance(answer, dict) else sorted(map(str, answer))
-        return Check(
-            "答案是含 'clip'、'vae'、'unet' 三个键的字典", "the answer is a dict with keys 'clip', 'vae', 'unet'", ok,
-            detail_zh=f"收到: {got}", detail_en=f"got: {got}",
-            hint_zh="写成 {'clip': ..., 'vae': ..., 'unet': ...}，值是 0 到 1 之间的小数。",
-            hint_en="Write {'clip': ..., 'vae': ..., 'unet': ...} with fractions between 0 and 1.",
-        )
+        if not isinstance(answer, dict):
+            return Check("答案是字典", "the answer is a dict", False,
+                         detail_zh=f"收到 {type(answer).__name__}", detail_en=f"got a {type(answer).__name__}",
+                         hint_zh="把 sd21_answer 写成 {'grew': {...}, 'reshaped': {...}, 'heads_change_count': ...}。",
+                         hint_en="Write sd21_answer as {'grew': {...}, 'reshaped': {...}, 'heads_change_count': ...}.")
+        return key_check(answer, SD21_KEYS, ("答案的键", "the answer's keys"),
+                         ("键是 'grew'、'reshaped'、'heads_change_count'。", "The keys are 'grew', 'reshaped', 'heads_change_count'."))
 
-    def one(key):
+    def grew():
+        what = ("参数变多的子模块 (grew)", "the sub-modules that grew (grew)")
+        given = _names(answer.get("grew"))
+        want = truth["grew"]
+        if given is None:
+            return Check(*what, False, detail_zh=f"收到 {answer.get('grew')!r}"[:120], detail_en=f"got {answer.get('grew')!r}"[:120],
+                         hint_zh="写成字符串的集合，例如 {'attn1.to_q'}。", hint_en="Write a set of strings, e.g. {'attn1.to_q'}.")
+        ok = given == want
+        hint = ("", "")
+        if not ok:
+            if given & {"to_k", "to_v", "to_q", "to_out"}:
+                hint = ("说清是哪个注意力：自注意力 attn1 还是交叉注意力 attn2，例如 'attn2.to_q'。",
+                        "Say which attention: the self-attention attn1 or the cross-attention attn2, e.g. 'attn2.to_q'.")
+            elif given & {"proj_in", "proj_out"}:
+                hint = ("proj_in、proj_out 从 1×1 卷积换成了 Linear：权重的形状变了，个数没变。它们属于 reshaped。",
+                        "proj_in and proj_out went from 1×1 convolutions to Linear: the weights change shape, not size. "
+                        "They belong in reshaped.")
+            elif any(n.startswith("attn1") for n in given):
+                hint = ("自注意力 attn1 只读图像特征，宽度是块的通道数 C，SD 2.1 没变。",
+                        "The self-attention attn1 reads only the image features, C wide; SD 2.1 keeps the block widths.")
+            elif "attn2.to_q" in given or "attn2.to_out" in given:
+                hint = ("交叉注意力的 to_q 读的是图像特征（宽 C），to_out 写回图像特征；只有读文本的矩阵会随文本宽度变。",
+                        "The cross-attention's to_q reads the image features (C wide) and to_out writes back to them; only "
+                        "the matrices that read the text change with the text width.")
+            elif given < want:
+                hint = ("还少了一个：注意力里从文本算出的不止键 (key)。", "One is missing: the key is not the only thing computed from the text.")
+            else:
+                hint = ("比较两个模型配置中不同的那几行（2.8 节）：哪一行决定了某些矩阵的输入宽度？",
+                        "Compare the settings that differ (section 2.8): which one sets the input width of some matrices?")
+        return Check(*what, ok, detail_zh=f"你的答案 {sorted(given)}", detail_en=f"your answer {sorted(given)}",
+                     hint_zh=hint[0], hint_en=hint[1])
+
+    def reshaped():
+        what = ("形状变了、个数没变的子模块 (reshaped)", "the sub-modules reshaped, same size (reshaped)")
+        given = _names(answer.get("reshaped"))
+        want = truth["reshaped"]
+        if given is None:
+            return Check(*what, False, detail_zh=f"收到 {answer.get('reshaped')!r}"[:120],
+                         detail_en=f"got {answer.get('reshaped')!r}"[:120],
+                         hint_zh="写成字符串的集合，例如 {'norm1'}。", hint_en="Write a set of strings, e.g. {'norm1'}.")
+        ok = given == want
+        hint = ("", "")
+        if not ok:
+            if given & truth["grew"]:
+                hint = ("to_k、to_v 的参数个数变了，它们属于 grew。", "to_k and to_v change their size: they belong in grew.")
+            elif given & {"attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_q", "attn1.to_out", "attn2.to_out"}:
+                hint = ("头的划分不改变 to_q、to_k、to_v 的形状：它们仍是 C × C (或 C × 文本宽度) 的矩阵，分头只是把输出 reshape。",
+                        "The split into heads does not reshape to_q, to_k, to_v: they stay C × C (or C × text width); "
+                        "heads only reshape their outputs.")
+            else:
+                hint = ("看 2.8 节表里 'proj_in / proj_out' 那一行：(C, C, 1, 1) 的卷积核和 (C, C) 的矩阵，个数一样。",
+                        "See the 'proj_in / proj_out' row of section 2.8's table: a (C, C, 1, 1) kernel and a (C, C) matrix "
+                        "hold the same number of weights.")
+        return Check(*what, ok, detail_zh=f"你的答案 {sorted(given)}", detail_en=f"your answer {sorted(given)}",
+                     hint_zh=hint[0], hint_en=hint[1])
+
+    def heads():
+        what = ("头的划分是否改变参数个数 (heads_change_count)", "whether the head layout changes the count (heads_change_count)")
+        given = as_bool(answer.get("heads_change_count"))
+        if not isinstance(given, bool):
+            return Check(*what, False, detail_zh=f"收到 {given!r}"[:80], detail_en=f"got {given!r}"[:80],
+                         hint_zh="填 True 或 False。", hint_en="Answer True or False.")
+        ok = given == truth["heads_change_count"]
+        return Check(*what, ok, detail_zh=f"你的答案 {given}", detail_en=f"your answer {given}",
+                     hint_zh="" if ok else "头数 × 每头宽度 = C 不变：to_q 仍是一个 C × C 的矩阵，分成 8 个头还是 C/64 个头只是把输出切开的方式。",
+                     hint_en="" if ok else "heads × channels per head = C either way: to_q is still one C × C matrix; 8 heads or "
+                                           "C/64 heads is only how its output is cut up.")
+
+    def one(config, width):
         def step():
-            if not isinstance(answer, dict) or key not in answer:
-                return Check(f"{key} 的占比", f"share of {key}", False,
-                             hint_zh=f"缺少键 '{key}'。", hint_en=f"The key '{key}' is missing.")
-            got = as_number(answer[key])
+            what = (f"extra_params({config.name}, {width})", f"extra_params({config.name}, {width})")
+            if not callable(extra_params):
+                return function_check(extra_params, "check_sd21_params(sd21_answer, extra_params)")
+            out = call_answer(extra_params, config, width)
+            if out.error is not None:
+                detail = describe_exception(out.error)
+                return Check(*what, False, detail_zh=detail, detail_en=detail,
+                             hint_zh="只用配置的字段：block_out_channels、layers_per_block、transformer_layers_per_block、"
+                                     "down_block_types、up_block_types、mid_block_type、cross_attention_dim。",
+                             hint_en="Use only the config's fields: block_out_channels, layers_per_block, "
+                                     "transformer_layers_per_block, down_block_types, up_block_types, mid_block_type, "
+                                     "cross_attention_dim.")
+            got = as_number(out.value)
             if got is None:
-                shown = repr(answer[key])[:60]
-                return Check(f"{key} 的占比", f"share of {key}", False,
-                             detail_zh=f"收到 {shown}", detail_en=f"got {shown}",
-                             hint_zh="占比是一个有限的数 (float)，例如 0.25。",
-                             hint_en="A share is one finite number (a float), e.g. 0.25.")
-            ok = abs(got - truth[key]) <= tol
-            hint_zh = hint_en = ""
-            if not ok:
-                if got > 1 and abs(got / 100 - truth[key]) <= 0.01:
-                    hint_zh, hint_en = "这是百分数；请写成小数 (除以 100)。", "That is a percentage; give a fraction (divide by 100)."
-                elif abs(got - truth[key]) <= 0.01:
-                    hint_zh = "很接近，但舍入太多了 (学习笔记 001 的 12%、8%、80% 就是舍入过的)。直接用参数量相除，不要先舍入。"
-                    hint_en = ("Close, but rounded too much (study note 001's 12%, 8%, 80% are rounded). "
-                               "Divide the counts directly, don't round first.")
-                elif abs(got - counts[key] / counts["unet"]) <= tol and key != "unet":
-                    hint_zh = "你除以的是 UNet 的参数量；分母应是三个组件的总和。"
-                    hint_en = "You divided by the UNet's count; divide by the total of all three components."
-                elif key in ("clip", "vae") and abs(got - counts[key] / (counts["clip"] + counts["vae"])) <= tol:
-                    hint_zh, hint_en = "分母漏掉了 UNet；总数是三个组件之和。", "The denominator misses the UNet; the total is all three."
-                else:
-                    hint_zh = "占比 = 该组件参数量 / (CLIP + VAE + UNet 参数量之和)。用笔记本里算出的参数量。"
-                    hint_en = "share = component count / (CLIP + VAE + UNet counts). Use the counts the notebook computed."
-            return Check(f"{key} 的占比", f"share of {key}", ok,
-                         detail_zh=f"你的答案 {got:.4f}",
-                         detail_en=f"your answer {got:.4f}",
-                         hint_zh=hint_zh, hint_en=hint_en)
-        step.__name__ = f"share_{key}"
+                return Check(*what, False, detail_zh=f"收到 {out.value!r}"[:80], detail_en=f"got {out.value!r}"[:80],
+                             hint_zh="返回一个整数。", hint_en="Return one integer.")
+            want = context_params_truth(config, width)
+            ok = got == want
+            hint = ("", "") if ok else _context_hint(config, width, got)
+            return Check(*what, ok, detail_zh=f"你的答案 {got:,.0f}",
+                         detail_en=f"your answer {got:,.0f}", hint_zh=hint[0], hint_en=hint[1])
+        step.__name__ = f"extra_params {config.name} {width}"
         return step
 
-    def sums_to_one():
-        total_share = sum(as_number(answer[k]) for k in COMPONENTS)
-        ok = abs(total_share - 1.0) <= 3 * tol
-        return Check("三个占比之和为 1", "the three shares add up to 1", ok,
-                     detail_zh=f"之和 = {total_share:.4f}", detail_en=f"sum = {total_share:.4f}",
-                     hint_zh="三个组件就是全部参数，占比加起来应等于 1。",
-                     hint_en="The three components are all the parameters: their shares must add up to 1.")
-
-    steps = [is_dict] + [one(k) for k in COMPONENTS]
-    if isinstance(answer, dict) and all(k in answer and as_number(answer[k]) is not None for k in COMPONENTS):
-        steps.append(sums_to_one)
+    steps = [is_dict]
+    if isinstance(answer, dict):
+        steps += [grew, reshaped, heads]
+    steps += [one(c, w) for c, w in _context_cases()]
     return run_checks(*title, steps)
 
 
@@ -411,8 +582,8 @@ def _skip_hint(got, want, config) -> tuple[str, str]:
     if len(got) == len(want) and all(len(g) == len(w) for g, w in zip(got, want)):
         hiddens_ok = all(a[0] == b[0] for g, w in zip(got, want) for a, b in zip(g, w))
         totals_ok = all(sum(a) == sum(b) for g, w in zip(got, want) for a, b in zip(g, w))
-        seed_style = all(a[0] == a[1] for g in got for a in g)
-        if seed_style:
+        note_style = all(a[0] == a[1] for g in got for a in g)
+        if note_style:
             return ("跳跃连接的通道数不总等于 hidden 的通道数 (学习笔记 000 表格的简化)。把下采样路径上每个被收集的张量"
                     "按顺序列出来，再从尾部往前弹出。",
                     "A skip does not always have the hidden state's channels (the simplification in study note 000's table). "

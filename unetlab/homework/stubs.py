@@ -11,7 +11,8 @@ checker, its notebook stub, and when the answer counts as "not attempted":
 * ``check_own_trace`` — ``my_trace = {}`` (with the learner's ``MyUNet``): the predictions are blank, or
   ``MyUNet``'s forward still raises ``NotImplementedError`` (exercise 1.1 not done yet).
 * ``check_param_scaling`` — ``{"quadratic": {part: None ...}, "at_128": {part: None ...}}``: every value blank.
-* ``check_component_shares`` — ``{"clip": None, "vae": None, "unet": None}``: the dict is blank.
+* ``check_sd21_params`` — every value of ``sd21_answer`` ``None`` and ``extra_params`` raising
+  ``NotImplementedError``: the dict is blank and the function raises it (or returns a blank).
 * ``check_shape_predictions`` — every point ``None`` but the example ``conv_in output``: every point
   there, every value blank but the unchanged example.
 * ``check_skip_channels`` — ``return []``: ``fn(SD 1.5's config)`` is blank or raises ``NotImplementedError``.

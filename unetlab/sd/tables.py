@@ -1,6 +1,6 @@
-"""Seed-000-style tables of the SD UNet, computed live by tracing the model on the meta device.
+"""Study-note-000-style tables of the SD UNet, computed live by tracing the model on the meta device.
 
-Seed 000 describes the SD 1.5 UNet with hand-written tables (resolution and channels per block,
+Study note 000 describes the SD 1.5 UNet with hand-written tables (resolution and channels per block,
 ResNets and transformers, inputs). Here the same tables are *measured*: the UNet is built on the
 meta device (no weights, no memory), one forward runs on meta tensors — shapes only, instant even
 for SDXL — and :func:`unetlab.trace_shapes` records every block's input and output shapes.
@@ -16,7 +16,7 @@ API
 ``skip_table(config_or_name, latent=None, batch=1)``
     One row per up-block ResNet: channels of the hidden state + channels of the skip it
     concatenates = the ResNet's input channels, and which down-path output the skip came from.
-    (Seed 000's "1280 + 1280 -> 1280" column simplifies exactly this.)
+    (Study note 000's "1280 + 1280 -> 1280" column simplifies exactly this.)
 ``io_table(config_or_name, latent=None, batch=1)``
     The modules around the blocks: ``time_proj`` (sinusoidal, (1, 320)), ``time_embedding``
     (MLP, ``time_emb`` (1, 1280) — the width every ResNet sees), SDXL's ``add_embedding``,
@@ -238,7 +238,7 @@ def _inputs_taken(t: _Traced, path: str, takes_skips: bool) -> str:
 
 
 def block_table(config_or_name: Any = "sd15", latent: int | None = None, batch: int = 1) -> Table:
-    """Seed 000's block tables, measured: one row per down block, the mid block, each up block.
+    """Study note 000's block tables, measured: one row per down block, the mid block, each up block.
 
     ``latent`` defaults to the config's ``sample_size`` (SD 1.5: 64, SD 2.1: 96, SDXL: 128).
     Columns: block, type, resolution (in → out), channels (of ``h``, in → out), resnets,
