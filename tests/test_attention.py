@@ -1,4 +1,4 @@
-"""Attention modules: seed 003's SelfAttention, SD's Attention (SDPA vs explicit softmax, probs
+"""Attention modules: study note 003's SelfAttention, SD's Attention (SDPA vs explicit softmax, probs
 hooks, half precision) and the transformer blocks, against diffusers with the same weights."""
 import pytest
 import torch
@@ -29,7 +29,7 @@ def copy_into(ours: torch.nn.Module, ref: torch.nn.Module) -> None:
     ours.load_state_dict(ref.state_dict(), strict=True)
 
 
-# ---- seed 003 ---------------------------------------------------------------------------
+# ---- study note 003 ---------------------------------------------------------------------------
 def test_self_attention_is_softmax_attention_plus_residual():
     torch.manual_seed(0)
     attn = SelfAttention(16)

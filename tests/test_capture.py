@@ -429,7 +429,7 @@ def test_a_capture_that_records_nothing_raises_at_exit(tiny):
         with capture_attention(tiny, "cross"):
             pass
     _no_hooks_left(tiny)
-    # seed 003's SelfAttention, with a grid above max_resolution: the forward itself raises
+    # study note 003's SelfAttention, with a grid above max_resolution: the forward itself raises
     block = SelfAttention(8)
     with pytest.raises(ValueError, match=r"max_resolution=4.*\[9\]"):
         with torch.no_grad(), capture_attention(block, "self", max_resolution=4):
@@ -504,7 +504,7 @@ def test_two_captures_and_a_shared_store(tiny):
 
 
 # ---------------------------------------------------------------------------------------------
-# seed 003's SelfAttention and a standalone Attention
+# study note 003's SelfAttention and a standalone Attention
 # ---------------------------------------------------------------------------------------------
 def test_seed003_self_attention_is_recorded_without_touching_its_output():
     torch.manual_seed(0)

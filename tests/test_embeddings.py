@@ -1,4 +1,4 @@
-"""The shared sinusoidal timestep embedding against diffusers and against seed 003's printed formula."""
+"""The shared sinusoidal timestep embedding against diffusers and against study note 003's printed formula."""
 import math
 
 import pytest
@@ -11,7 +11,7 @@ TIMESTEPS = torch.tensor([0, 1, 2, 10, 99, 500, 981, 999])
 
 
 def seed003_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Seed 003 §19.3 ``TimeEmbedding.forward`` before its MLP, as printed."""
+    """Study note 003 §19.3 ``TimeEmbedding.forward`` before its MLP, as printed."""
     half_dim = dim // 2
     emb = torch.log(torch.tensor(10000.0)) / (half_dim - 1)
     emb = torch.exp(torch.arange(half_dim, device=t.device) * -emb)
@@ -25,7 +25,7 @@ def seed003_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     [
         (320, True, 0),  # Stable Diffusion 1.x / 2.x: Timesteps(320, True, 0)
         (256, True, 0),  # SDXL's add_time_proj
-        (64, False, 1),  # seed 003 / DDPM
+        (64, False, 1),  # study note 003 / DDPM
         (128, False, 0),
         (32, True, 1),
         (7, True, 0),  # odd: one zero column padded at the end

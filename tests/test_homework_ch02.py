@@ -90,7 +90,7 @@ def reference_skip_channels(config):
 
 
 def seed000_style(config):
-    """Seed 000's simplification: every ResNet concatenates two tensors of the same width."""
+    """Study note 000's simplification: every ResNet concatenates two tensors of the same width."""
     return [[(h, h) for h, _ in block] for block in reference_skip_channels(config)]
 
 

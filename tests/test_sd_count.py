@@ -1,4 +1,4 @@
-"""Parameter counts on the meta device: the UNet by part, and the SD components (seed 001)."""
+"""Parameter counts on the meta device: the UNet by part, and the SD components (study note 001)."""
 from __future__ import annotations
 
 import pytest
@@ -75,7 +75,7 @@ def test_sd15_components_are_seed_001s_figures():
     components = component_params("sd15")
     assert components.counts == {"text_encoder": 123_060_480, "vae": 83_653_863, "unet": 859_520_964}
     assert components.total == 1_066_235_307
-    # seed 001 prints 12% / 8% / 80%: the measured shares are 11.5% / 7.8% / 80.6%
+    # study note 001 prints 12% / 8% / 80%: the measured shares are 11.5% / 7.8% / 80.6%
     shares = [round(100 * s, 1) for s in components.column("share")[:3]]
     assert shares == [11.5, 7.8, 80.6]
 

@@ -20,12 +20,12 @@ def _fitting_group_norm(num_groups, num_channels):
 
 
 def seed_model_with_bug1_patched(**kwargs):
-    """The seed's printed SimpleUNet, with only GroupNorm's group count patched (bug 2 left in)."""
+    """Study note 003's printed SimpleUNet, with only GroupNorm's group count patched (bug 2 left in)."""
     with mock.patch.object(nn, "GroupNorm", _fitting_group_norm):
         return note003.SimpleUNet(**kwargs)
 
 
-# --- the seed's bugs are real ---------------------------------------------------------------------
+# --- the study note's bugs are real ---------------------------------------------------------------------
 def test_seed_code_fails_at_construction_with_groupnorm():
     with pytest.raises(ValueError, match="divisible by num_groups"):
         note003.SimpleUNet(in_channels=4, out_channels=4, base_channels=64)
@@ -50,7 +50,7 @@ def test_norm_groups_divides_channels():
     for channels in (1, 3, 4, 6, 8, 12, 20, 64, 128, 192, 320):
         groups = norm_groups(channels)
         assert channels % groups == 0 and 1 <= groups <= 8
-    assert norm_groups(64) == 8  # the seed's choice wherever it worked
+    assert norm_groups(64) == 8  # the study note's choice wherever it worked
     assert norm_groups(12) == 4  # gcd: a divisor of 8, not the largest divisor of 12 below 8
 
 
@@ -83,7 +83,7 @@ def test_structure_and_names_match_seed_where_the_seed_was_right():
 def test_time_embedding_equals_seed_formula():
     t = torch.tensor([0, 1, 17, 500, 999])
     dim = 64
-    # the seed's lines, written out
+    # the study note's lines, written out
     half_dim = dim // 2
     emb = torch.log(torch.tensor(10000.0)) / (half_dim - 1)
     emb = torch.exp(torch.arange(half_dim) * -emb)
@@ -92,7 +92,7 @@ def test_time_embedding_equals_seed_formula():
     ours = sinusoidal_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=1)
     # same formula; float32 rounds exp(-a*i) and exp(-(a*i)) differently, visible at t ~ 1000
     torch.testing.assert_close(ours, seed_emb, rtol=0, atol=1e-4)
-    # and the whole module, with the same MLP weights, equals the seed's module
+    # and the whole module, with the same MLP weights, equals the study note's module
     torch.manual_seed(0)
     seed_module = note003.TimeEmbedding(dim)
     our_module = TimeEmbedding(dim)

@@ -1,8 +1,8 @@
-"""Attention in the UNet: seed 003's simple version and Stable Diffusion's transformer blocks.
+"""Attention in the UNet: study note 003's simple version and Stable Diffusion's transformer blocks.
 
-Seed 003 §19.4 (chapter 1, chapter 5)
+Study note 003 §19.4 (chapter 1, chapter 5)
     ``SelfAttention(channels)``      single-head spatial self-attention on a ``(B, C, H, W)`` map
-    ``AttnResBlock(channels, time_emb_dim)``  seed 003's ``ResBlock`` followed by ``SelfAttention``
+    ``AttnResBlock(channels, time_emb_dim)``  study note 003's ``ResBlock`` followed by ``SelfAttention``
 
 Stable Diffusion (parameter names equal diffusers', so diffusers' weights load with ``strict=True``)
     ``Attention(query_dim, cross_attention_dim=None, heads=8, dim_head=64)``
@@ -76,10 +76,10 @@ __all__ = [
 
 
 # ============================================================================================
-# Seed 003 §19.4: the textbook version
+# Study note 003 §19.4: the textbook version
 # ============================================================================================
 class SelfAttention(nn.Module):
-    """空间自注意力 | Spatial self-attention (seed 003 §19.4, one head, 1x1-conv projections)."""
+    """空间自注意力 | Spatial self-attention (study note 003 §19.4, one head, 1x1-conv projections)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -118,7 +118,7 @@ class SelfAttention(nn.Module):
 
 
 class AttnResBlock(nn.Module):
-    """带注意力的残差块 | Residual block with attention (seed 003 §19.4)."""
+    """带注意力的残差块 | Residual block with attention (study note 003 §19.4)."""
 
     def __init__(self, channels: int, time_emb_dim: int):
         super().__init__()

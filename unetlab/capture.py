@@ -1,7 +1,7 @@
 """Record the attention probabilities inside a UNet: ``capture_attention`` and ``AttentionStore``.
 
 A context manager hooks the attention layers of a model (``unetlab.attention.Attention``: SD's
-self- and cross-attention, in ``SDUNet`` at any config, real SD weights included; and seed 003's
+self- and cross-attention, in ``SDUNet`` at any config, real SD weights included; and study note 003's
 ``SelfAttention``), records ``softmax(q kᵀ · scale)`` on every call, and takes every hook off again
 on exit, also when the ``with`` body raises.
 
@@ -532,7 +532,7 @@ def aggregate_maps(maps, size: tuple[int, int] | None = None, normalize: bool = 
 def _kind_of(module: nn.Module) -> str:
     if isinstance(module, Attention):
         return "cross" if module.is_cross_attention else "self"
-    return "self"  # seed 003's SelfAttention
+    return "self"  # study note 003's SelfAttention
 
 
 def attention_layers(model: nn.Module) -> dict[str, str]:
@@ -551,7 +551,7 @@ def attention_layout(model: nn.Module, *args, **kwargs) -> list[tuple[str, str, 
     in call order, ``(h, w)`` being the grid of query pixels the layer saw.
 
     Only shapes are read, so a model and inputs on the meta device work (SD 1.5 in no memory):
-    the grid is the input ``(B, C, h, w)`` of the layer's ``Transformer2DModel`` (or of seed 003's
+    the grid is the input ``(B, C, h, w)`` of the layer's ``Transformer2DModel`` (or of study note 003's
     ``SelfAttention``). Every hook is removed on exit. Raises ``ValueError`` when the model has no
     attention layer.
     """
@@ -596,7 +596,7 @@ def _grid_size(n: int, hint: tuple[int, int] | None) -> tuple[int, int]:
 
 
 def _self_attention_probs(module: SelfAttention, x: torch.Tensor) -> torch.Tensor:
-    """Seed 003's SelfAttention's probabilities, recomputed with its own layers: (B, 1, HW, HW)."""
+    """Study note 003's SelfAttention's probabilities, recomputed with its own layers: (B, 1, HW, HW)."""
     B, C, H, W = x.shape
     q, k, _ = module.qkv(module.norm(x)).chunk(3, dim=1)
     # (B, HW, C)

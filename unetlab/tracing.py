@@ -13,7 +13,7 @@ children); a module called several times gets one row per call.
 When the forward raises, the exception is caught (unless ``raise_errors=True``) and the
 rows traced so far are returned. The modules that were running when it happened are
 marked ``failed``; the innermost of them is ``trace.failed_module``: that is where the
-shapes stopped fitting. Chapter 1 finds seed 003's second bug this way.
+shapes stopped fitting. Chapter 1 finds study note 003's second bug this way.
 
 Only shapes are read, never values, so tracing works on the meta device: a full Stable
 Diffusion UNet built on ``torch.device("meta")`` traces instantly, without memory.

@@ -3,7 +3,7 @@
 
 SD 1.5: ``Timesteps(320)`` turns ``(B,)`` timesteps into ``(B, 320)`` sines and cosines;
 ``TimestepEmbedding(320, 1280)`` turns those into ``time_emb`` ``(B, 1280)``, which every
-ResnetBlock2D receives. (Seed 000's ``(1, 320)`` is the sinusoidal part, before the MLP.)
+ResnetBlock2D receives. (Study note 000's ``(1, 320)`` is the sinusoidal part, before the MLP.)
 
 SDXL adds a second pair, named ``add_time_proj`` / ``add_embedding`` in the UNet: the six
 "micro-conditioning" numbers ``time_ids`` (original size, crop corner, target size) are
