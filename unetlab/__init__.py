@@ -38,6 +38,7 @@ _EXPORTS = {
     "get_config": "unetlab.configs",
     "count_params": "unetlab.sd.count",
     "load_sd_unet": "unetlab.sd.load",
+    "load_sd_components": "unetlab.sd.pipeline",
     "component_params": "unetlab.sd.count",
     "find_local_weights": "unetlab.sd.load",
     "default_device": "unetlab.sd.load",

@@ -415,11 +415,13 @@ class SDUNet(nn.Module):
         for name, t in (("sample", sample), ("context", context)):
             if t.device != self.device:
                 raise ValueError(f"{name} is on {t.device} but the model's weights are on {self.device}")
-            if t.dtype != self.dtype:
-                raise TypeError(
-                    f"{name} has dtype {t.dtype} but the model's weights are {self.dtype}; "
-                    f"use {name}.to({self.dtype}) or model.to({t.dtype})"
-                )
+        # every input whose dtype is not the weights' (e.g. fp32 latents into an fp16 UNet), in one error
+        wrong = [f"{name} has dtype {t.dtype}" for name, t in (("sample", sample), ("context", context)) if t.dtype != self.dtype]
+        if wrong:
+            raise TypeError(
+                f"{' and '.join(wrong)} but the model's weights are {self.dtype}: cast the inputs, "
+                f"e.g. sample.to(model.dtype), context.to(model.dtype) (or the model: model.to(torch.float32))"
+            )
         self._check_added_cond(added_cond, B)
         return B
 
