@@ -132,6 +132,16 @@ def my_ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev):
     # TODO: 你的代码 | your code
     return x_t
 ''', "check_ddim_step(my_ddim_step)"),
+    "check_negative_prompt": ("06_denoising_loop.ipynb", '''
+def my_negative_guidance(unet, x_t, t, context, negative_context, guidance_scale):
+    # TODO: 你的代码 | your code
+    raise NotImplementedError
+''', "check_negative_prompt(my_negative_guidance)"),
+    "check_ddim_sigma": ("06_denoising_loop.ipynb", '''
+def my_ddim_sigma(alpha_bar_t, alpha_bar_prev, eta):
+    # TODO: 你的代码 | your code
+    return torch.zeros(())
+''', "check_ddim_sigma(my_ddim_sigma)"),
 }
 
 
