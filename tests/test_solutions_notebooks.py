@@ -18,7 +18,7 @@ SOLUTIONS = sorted((NOTEBOOKS / "solutions").glob("*_solutions.ipynb"))
 #: the most code cells a solutions notebook may share with its chapter
 MAX_SHARED = 3
 #: chapters whose solutions are being slimmed: their current count, so that it can only go down
-BEING_SLIMMED = {5: 2, 6: 15}
+BEING_SLIMMED = {5: 2}
 
 
 def normalised(source: str) -> str:
