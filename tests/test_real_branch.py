@@ -6,7 +6,8 @@ nothing like SD 1.5), checks parity, runs one tiny benchmark row, and executes t
 with ``UNETLAB_SD_WEIGHTS`` pointing at the pipeline, into copies. Here we check its report and,
 independently, the executed copies: every real cell ran its real branch (no note, no error, an
 image where one is drawn), every other compared cell gave its stored output, and the stored
-notebooks were not touched. The three chapters run in full, so this test is slow (~2-3 min).
+notebooks were not touched. The three chapters run in full, so this test is slow: 8.7 min on the shared
+2-core CPU while other jobs ran (chapter 6 alone takes ~90 s on an idle one).
 """
 import hashlib
 import importlib.util
