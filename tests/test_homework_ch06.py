@@ -1,4 +1,5 @@
 """Chapter 6 homework checkers: the reference passes, typical wrong answers fail with the right hint, nothing raises."""
+import pytest
 import torch
 
 from unetlab.homework import check_ddim_step, check_guidance
@@ -59,3 +60,97 @@ def test_ddim_bad_answers_never_raise():
         fb = check_ddim_step(answer)
         assert not fb
         str(fb)
+
+
+# --- 6.3 a negative prompt ---------------------------------------------------------------------------------------
+
+import torch as _torch
+
+from unetlab.homework import check_ddim_sigma, check_negative_prompt
+from unetlab.homework.ch06 import StandInUNet, reference_ddim_sigma, reference_negative_prompt
+from unetlab.samplers import ddim_step as _ddim_step
+from unetlab.schedule import NoiseSchedule as _NoiseSchedule
+
+
+def test_negative_prompt_reference_passes():
+    fb = check_negative_prompt(reference_negative_prompt)
+    assert fb.passed, str(fb)
+
+
+def test_negative_prompt_two_calls_right_values_but_flagged():
+    def two_calls(unet, x, t, c, n, s):
+        e_n, e_c = unet(x, t, n), unet(x, t, c)
+        return e_n + s * (e_c - e_n)
+
+    fb = check_negative_prompt(two_calls)
+    assert not fb.passed and "runs once" in str(fb)
+    # every value check passed: only the one-call check failed
+    assert sum(not c.passed for c in fb.checks) == 1, str(fb)
+
+
+def _neg_by_halves(combine):
+    def fn(unet, x, t, c, n, s):
+        out = unet(_torch.cat([x] * 2), _torch.cat([t] * 2), _torch.cat([n, c]))
+        e_n, e_c = out.chunk(2)
+        return combine(e_n, e_c, s, unet, x, t, n)
+    return fn
+
+
+@pytest.mark.parametrize("combine, hint", [
+    (lambda e_n, e_c, s, *_: e_c + s * (e_n - e_c), "halves are swapped"),
+    (lambda e_n, e_c, s, *_: e_c + s * (e_c - e_n), "starting point is eps_neg"),
+    (lambda e_n, e_c, s, unet, x, t, n: (lambda e_u: e_u + s * (e_c - e_u) - s * (e_n - e_u))(unet(x, t, _torch.zeros_like(n))),
+     "not a third term"),
+])
+def test_negative_prompt_typical_mistakes(combine, hint):
+    fb = check_negative_prompt(_neg_by_halves(combine))
+    assert not fb.passed and hint in _hints(fb), str(fb)
+
+
+def test_negative_prompt_ignoring_the_negative_fails():
+    fb = check_negative_prompt(lambda unet, x, t, c, n, s: unet(x, t, c))
+    assert not fb.passed and fb.status != "not attempted", str(fb)
+
+
+def test_negative_prompt_crashing_answer_does_not_raise():
+    fb = check_negative_prompt(lambda *a: 1 / 0)
+    assert not fb.passed
+
+
+def test_stand_in_unet_reads_every_input():
+    unet = StandInUNet()
+    x, c = _torch.randn(2, 3, 8, 8), _torch.randn(2, 5, 8)
+    t = _torch.tensor([700, 300])
+    base = unet(x, t, c)
+    assert not _torch.allclose(base, unet(x, t, c + 1))
+    assert not _torch.allclose(base, unet(x, t + 1, c))
+    assert not _torch.allclose(base, unet(x + 1, t, c))
+
+
+# --- 6.4 DDIM's sigma -------------------------------------------------------------------------------------------
+
+def test_ddim_sigma_reference_passes_and_equals_ddim_step():
+    assert check_ddim_sigma(reference_ddim_sigma).passed
+    # the reference's sigma is the one ddim_step adds: x_prev(eta, noise) - x_prev(eta, 0) = sigma * noise
+    s = _NoiseSchedule()
+    x, e, z = _torch.randn(1, 3, 4, 4), _torch.randn(1, 3, 4, 4), _torch.randn(1, 3, 4, 4)
+    with_noise, _ = _ddim_step(s, e, 481, x, 441, eta=0.5, noise=z)
+    without, _ = _ddim_step(s, e, 481, x, 441, eta=0.5, noise=_torch.zeros_like(z))
+    sigma = reference_ddim_sigma(s.alphas_cumprod[481], s.alphas_cumprod[441], 0.5)
+    assert _torch.allclose(with_noise - without, sigma * z, atol=1e-6)
+
+
+@pytest.mark.parametrize("answer, hint", [
+    (lambda a, p, e: e * (1 - p) / (1 - a) * (1 - a / p), "variance, not the standard deviation"),
+    (lambda a, p, e: e**2 * ((1 - p) / (1 - a) * (1 - a / p)).sqrt(), "not η²"),
+    (lambda a, p, e: e * ((1 - p) / (1 - a) * (1 - p / a)).abs().sqrt(), "upside down"),
+    (lambda a, p, e: e * (1 - a / p).sqrt(), "Only √β_t"),
+])
+def test_ddim_sigma_typical_mistakes(answer, hint):
+    fb = check_ddim_sigma(answer)
+    assert not fb.passed and hint in _hints(fb), str(fb)
+
+
+def test_ddim_sigma_not_a_number_and_crash():
+    assert not check_ddim_sigma(lambda a, p, e: "sigma").passed
+    assert not check_ddim_sigma(lambda a, p, e: 1 / 0).passed

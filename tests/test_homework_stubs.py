@@ -165,6 +165,16 @@ residual_shapes = {
 def add_at_skip(unet, sample, timestep, context, skip_name, residual):
     raise NotImplementedError
 ''', "check_add_at_skip(add_at_skip)"),
+    "check_negative_prompt": ("06_denoising_loop.ipynb", '''
+def my_negative_guidance(unet, x_t, t, context, negative_context, guidance_scale):
+    # TODO: 你的代码 | your code
+    raise NotImplementedError
+''', "check_negative_prompt(my_negative_guidance)"),
+    "check_ddim_sigma": ("06_denoising_loop.ipynb", '''
+def my_ddim_sigma(alpha_bar_t, alpha_bar_prev, eta):
+    # TODO: 你的代码 | your code
+    return torch.zeros(())
+''', "check_ddim_sigma(my_ddim_sigma)"),
 }
 
 

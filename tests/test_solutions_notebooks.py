@@ -17,8 +17,6 @@ SOLUTIONS = sorted((NOTEBOOKS / "solutions").glob("*_solutions.ipynb"))
 
 #: the most code cells a solutions notebook may share with its chapter
 MAX_SHARED = 3
-#: chapters whose solutions are being slimmed: their current count, so that it can only go down
-BEING_SLIMMED = {6: 15}
 
 
 def normalised(source: str) -> str:
@@ -52,8 +50,7 @@ def test_every_solutions_notebook_has_its_chapter():
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
 def test_solutions_share_few_code_cells_with_their_chapter(path):
-    number = int(path.name[:2])
-    limit = BEING_SLIMMED.get(number, MAX_SHARED)
+    limit = MAX_SHARED
     shared = shared_cells(path)
     assert len(shared) <= limit, (
         f"{path.name} shares {len(shared)} code cells with its chapter (at most {limit}): rebuild the state from "

@@ -12,6 +12,18 @@
   its square root, forgetting to re-add the noise direction, the two ``alpha_bar`` swapped. The
   notebook's stub, ``return x_t``, is "not attempted yet" (so is ``alpha_bar_t`` used twice, which
   gives ``x_t`` back exactly: the hint says so).
+* :func:`check_negative_prompt` — the learner writes ``fn(unet, x_t, t, context, negative_context, s)``:
+  classifier-free guidance whose unconditional half is the negative caption's context (diffusers'
+  ``negative_prompt``), one UNet call on the doubled batch; compared with
+  :func:`unetlab.guidance.guided_eps` on a small deterministic stand-in UNet. Hints: the halves swapped
+  (moving towards the negative caption), guiding from the text half, the negative added as a third term.
+  The stub ``raise NotImplementedError`` is "not attempted yet".
+* :func:`check_ddim_sigma` — the learner works out DDIM's noise level ``fn(alpha_bar_t, alpha_bar_prev, eta)``
+  such that ``eta = 1`` adds exactly DDPM's posterior noise for the same pair of timesteps (Song et al. 2021,
+  eq. 16); checked against :func:`unetlab.samplers.ddim_step`'s σ and against
+  DDPM's ``fixed_small`` variance of adjacent timesteps (diffusers' ``DDPMScheduler``). Hints: the variance returned instead of
+  its square root, η² instead of η, the ratio of the two ā upside down, β_t alone without
+  (1−ā_prev)/(1−ā_t). The stub ``return torch.zeros(())`` (σ = 0 whatever η) is "not attempted yet".
 
 Every checker returns a :class:`~unetlab.homework.feedback.Feedback` and never raises because of the answer.
 """
@@ -20,7 +32,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn as nn
 
+from ..guidance import guided_eps
 from ..samplers import ddim_step
 from ..schedule import NoiseSchedule
 from .answers import function_check, tensors_close
@@ -28,7 +42,9 @@ from .exercises import exercise
 from .feedback import Check, Feedback, describe_exception, run_checks
 from .stubs import call_answer, returns_unchanged, stub_check
 
-__all__ = ["check_guidance", "check_ddim_step", "reference_guidance", "reference_ddim_step"]
+__all__ = ["check_guidance", "check_ddim_step", "check_negative_prompt", "check_ddim_sigma",
+           "reference_guidance", "reference_ddim_step", "reference_negative_prompt", "reference_ddim_sigma",
+           "StandInUNet"]
 
 _ATOL = 1e-5
 
@@ -278,3 +294,257 @@ def check_ddim_step(fn: Callable) -> Feedback:
             step.__name__ = f"t={t}"
             steps.append(step)
     return run_checks("一步 DDIM", "One DDIM step", steps)
+
+
+# --- a negative prompt ----------------------------------------------------------------------------------------
+
+
+class StandInUNet(nn.Module):
+    """A small deterministic stand-in for the UNet: ``(sample (B, C, H, W), timestep (B,), context (B, L, D))``.
+
+    out = tanh(conv(sample)) + (mean over L of context) @ W, broadcast over H, W, + t / 1000. Its output
+    depends on every input, so a wrong context, a wrong half or a wrong timestep shows; it counts its calls.
+    """
+
+    def __init__(self, channels: int = 3, context_dim: int = 8):
+        super().__init__()
+        g = torch.Generator().manual_seed(6)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.proj = nn.Linear(context_dim, channels, bias=False)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        self.requires_grad_(False)
+        self.calls = 0
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        t = torch.as_tensor(timestep, dtype=sample.dtype).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(sample.shape[0])
+        if context.shape[0] != sample.shape[0] or t.shape[0] != sample.shape[0]:
+            raise ValueError(f"batch sizes differ: sample {tuple(sample.shape)}, timestep {tuple(t.shape)}, "
+                             f"context {tuple(context.shape)}")
+        # (B, C, 1, 1) from the context, mean over its L positions
+        text = self.proj(context.mean(dim=1))[:, :, None, None]
+        return torch.tanh(self.conv(sample)) + text + t[:, None, None, None] / 1000
+
+
+def reference_negative_prompt(unet, x_t, t, context, negative_context, guidance_scale):
+    """The answer: guidance with the negative caption's context as the unconditional half (one UNet call)."""
+    return guided_eps(unet, x_t, t, context, negative_context, guidance_scale)
+
+
+def _negative_inputs(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x_t = torch.randn(2, 3, 8, 8, generator=g)
+    context = torch.randn(2, 5, 8, generator=g)
+    negative = torch.randn(2, 5, 8, generator=g)
+    t = torch.tensor([700, 300])
+    return x_t, t, context, negative
+
+
+def _negative_mistakes(unet, x_t, t, c, n, s):
+    """(name -> (output, hint_zh, hint_en)) of the usual slips, computed with the same stand-in UNet."""
+    e_c, e_n = unet(x_t, t, c), unet(x_t, t, n)
+    calls = unet.calls
+    e_u = unet(x_t, t, torch.zeros_like(n))
+    unet.calls = calls
+    return {
+        "swapped": (e_c + s * (e_n - e_c),
+                    "两半用反了：现在是从文本预测出发、朝负面描述走。负面描述的 context 要放在无条件那一半：eps_neg + s·(eps_text − eps_neg)。",
+                    "The halves are swapped: this starts from the text prediction and moves towards the negative caption. "
+                    "The negative caption's context takes the unconditional half: eps_neg + s·(eps_text − eps_neg)."),
+        "from_text": (e_c + s * (e_c - e_n),
+                      "起点应是负面描述的预测 eps_neg，不是 eps_text；这样 s = 1 时才恰好是文本条件预测。",
+                      "The starting point is eps_neg, not eps_text; only then does s = 1 give exactly the text prediction."),
+        "third_term": (e_u + s * (e_c - e_u) - s * (e_n - e_u),
+                       "负面描述不是第三项：diffusers 的 negative_prompt 直接替换空描述那一半（批次仍然只翻倍一次），"
+                       "不再需要空描述的预测。",
+                       "The negative caption is not a third term: diffusers' negative_prompt replaces the empty caption's half "
+                       "(the batch is still only doubled), no empty-caption prediction is needed."),
+    }
+
+
+def _negative_case(fn: Callable, scale: float, seed: int) -> Check:
+    x_t, t, c, n = _negative_inputs(seed)
+    unet = StandInUNet()
+    what_zh, what_en = f"s = {scale:g} 时结果正确", f"right result for s = {scale:g}"
+    out = fn(unet, x_t.clone(), t.clone(), c.clone(), n.clone(), scale)
+    bad = _is_tensor_like(out, x_t)
+    if bad is not None:
+        return bad
+    ref = reference_negative_prompt(StandInUNet(), x_t, t, c, n, scale)
+    if tensors_close(out, ref, atol=1e-4):
+        return Check(what_zh, what_en, True)
+    for _, (wrong, hint_zh, hint_en) in _negative_mistakes(StandInUNet(), x_t, t, c, n, scale).items():
+        if tensors_close(out, wrong, atol=1e-4):
+            return Check(what_zh, what_en, False, hint_zh=hint_zh, hint_en=hint_en)
+    err = float((out - ref).abs().max())
+    return Check(what_zh, what_en, False, detail_zh=f"最大误差 {err:.3g}。", detail_en=f"largest error {err:.3g}.",
+                 hint_zh="把 [negative_context; context] 拼成一个批次，UNet 跑一次，拆成 (eps_neg, eps_text)，"
+                         "再算 eps_neg + s·(eps_text − eps_neg)。时间步也要翻倍。",
+                 hint_en="Stack [negative_context; context] into one batch, run the UNet once, split into (eps_neg, eps_text), "
+                         "then eps_neg + s·(eps_text − eps_neg). The timesteps are doubled too.")
+
+
+def _one_call_check(fn: Callable) -> Check:
+    x_t, t, c, n = _negative_inputs(2)
+    unet = StandInUNet()
+    fn(unet, x_t, t, c, n, 3.0)
+    what_zh, what_en = "UNet 只跑一次（翻倍的批次）", "the UNet runs once (on the doubled batch)"
+    if unet.calls == 1:
+        return Check(what_zh, what_en, True)
+    return Check(what_zh, what_en, False, detail_zh=f"UNet 被调用了 {unet.calls} 次。",
+                 detail_en=f"the UNet was called {unet.calls} times.",
+                 hint_zh="结果对了，但 pipeline 的做法是 torch.cat 两个 context 和两份 x_t，一次前向传播算出两半：更快。",
+                 hint_en="The result is right, but the pipeline concatenates the two contexts and two copies of x_t "
+                         "and gets both halves from one forward pass: faster.")
+
+
+def _negative_stub(fn: Callable) -> Check | None:
+    x_t, t, c, n = _negative_inputs(0)
+    outcome = call_answer(fn, StandInUNet(), x_t, t, c, n, 3.0)
+    if outcome.not_implemented or outcome.blank:
+        return stub_check(*_not_written("my_negative_guidance", outcome),
+                          "把负面描述的 context 放进无条件那一半，UNet 跑一次，再按引导系数组合。",
+                          "Put the negative caption's context into the unconditional half, run the UNet once, "
+                          "then combine the halves with the guidance scale.")
+    return None
+
+
+@exercise(6, "6.3", "负面描述", "A negative prompt")
+def check_negative_prompt(fn: Callable) -> Feedback:
+    """Check ``fn(unet, x_t, t, context, negative_context, guidance_scale) -> eps`` (B, C, H, W).
+
+    ``x_t`` (B, C, H, W), ``t`` (B,) long, both contexts (B, L, D). Right answer:
+    :func:`unetlab.guidance.guided_eps` with ``uncond_context=negative_context``. The stub (raises
+    ``NotImplementedError``) is "not attempted yet".
+    """
+    if callable(fn):
+        stub = _negative_stub(fn)
+        if stub is not None:
+            return run_checks("负面描述", "A negative prompt", [lambda: stub])
+    steps = [lambda: function_check(fn, "check_negative_prompt(my_negative_guidance)",
+                                    ("提交的是函数", "the answer is a function"))]
+    if callable(fn):
+        for seed, scale in enumerate((1.0, 3.0, 7.5)):
+            step = lambda s=scale, k=seed: _negative_case(fn, s, k)  # noqa: E731
+            step.__name__ = f"s={scale:g}"
+            steps.append(step)
+        steps.append(lambda: _one_call_check(fn))
+    return run_checks("负面描述", "A negative prompt", steps)
+
+
+# --- DDIM's noise level -------------------------------------------------------------------------------------------
+
+#: (t, prev_t, eta): steps of a 25-step and a 1000-step chain on SD's schedule
+_SIGMA_CASES = ((961, 921, 1.0), (481, 441, 0.5), (41, 1, 1.0), (500, 499, 1.0), (700, 660, 0.0))
+
+
+def reference_ddim_sigma(alpha_bar_t, alpha_bar_prev, eta) -> torch.Tensor:
+    """The answer: σ = η · √((1−ā_prev)/(1−ā_t)) · √(1 − ā_t/ā_prev) (0-d tensor)."""
+    a_t, a_prev = torch.as_tensor(alpha_bar_t), torch.as_tensor(alpha_bar_prev)
+    # β_t of the jump prev -> t: 1 − ā_t/ā_prev; DDPM's posterior variance: (1−ā_prev)/(1−ā_t) · β_t
+    return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+
+
+_SIGMA_MISTAKES = {
+    "variance": (lambda a, p, e: e * (1 - p) / (1 - a) * (1 - a / p),
+                 "这是方差，不是标准差：σ 要开平方根。",
+                 "That is the variance, not the standard deviation: σ needs the square root."),
+    "eta_squared": (lambda a, p, e: e**2 * ((1 - p) / (1 - a) * (1 - a / p)).sqrt(),
+                    "η 乘在 σ 上，不是 η²：σ = η·√(…)。",
+                    "η multiplies σ, not η²: σ = η·√(…)."),
+    "ratio_upside_down": (lambda a, p, e: e * ((1 - p) / (1 - a) * (1 - p / a)).abs().sqrt(),
+                          "ā_t/ā_prev 倒过来了：往回走一步时 ā_prev > ā_t，所以 β = 1 − ā_t/ā_prev 在 0 和 1 之间。",
+                          "ā_t/ā_prev is upside down: going back, ā_prev > ā_t, so β = 1 − ā_t/ā_prev lies between 0 and 1."),
+    "beta_only": (lambda a, p, e: e * (1 - a / p).sqrt(),
+                  "只有 √β_t：DDPM 后验的方差还要乘 (1−ā_prev)/(1−ā_t)，它是 q(x_prev | x_t, x0) 的方差，不是前向一步的。",
+                  "Only √β_t: DDPM's posterior variance also carries (1−ā_prev)/(1−ā_t); it is the variance of "
+                  "q(x_prev | x_t, x0), not of one forward step."),
+}
+
+
+def _sigma_inputs(t: int, prev_t: int):
+    a = NoiseSchedule().alphas_cumprod
+    return a[t].clone(), a[prev_t].clone()
+
+
+def _sigma_case(fn: Callable, t: int, prev_t: int, eta: float) -> Check:
+    a_t, a_prev = _sigma_inputs(t, prev_t)
+    what_zh, what_en = f"t = {t} → {prev_t}，η = {eta:g}", f"t = {t} → {prev_t}, η = {eta:g}"
+    out = fn(a_t.clone(), a_prev.clone(), eta)
+    try:
+        value = float(torch.as_tensor(out))
+    except Exception:  # the learner may return anything
+        return Check(what_zh, what_en, False, detail_zh=f"返回的是 {type(out).__name__}。", detail_en=f"got a {type(out).__name__}.",
+                     hint_zh="返回一个数（0 维张量或 float）。", hint_en="Return one number (a 0-d tensor or a float).")
+    ref = float(reference_ddim_sigma(a_t, a_prev, eta))
+    if abs(value - ref) <= 1e-5 + 1e-4 * abs(ref):
+        return Check(what_zh, what_en, True, detail_zh=f"σ = {ref:.4f}。", detail_en=f"σ = {ref:.4f}.")
+    for _, (wrong, hint_zh, hint_en) in _SIGMA_MISTAKES.items():
+        w = float(wrong(a_t, a_prev, eta))
+        if abs(w - ref) > 1e-6 and abs(value - w) <= 1e-5 + 1e-4 * abs(w):
+            return Check(what_zh, what_en, False, hint_zh=hint_zh, hint_en=hint_en)
+    return Check(what_zh, what_en, False, detail_zh=f"得到 {value:.4g}，应为 {ref:.4g}。", detail_en=f"got {value:.4g}, expected {ref:.4g}.",
+                 hint_zh="η = 1 时 σ² 必须等于 DDPM 在同一对时间步上的后验方差 (1−ā_prev)/(1−ā_t)·(1 − ā_t/ā_prev)；η = 0 时 σ = 0。",
+                 hint_en="At η = 1, σ² must equal DDPM's posterior variance for the same pair of timesteps, "
+                         "(1−ā_prev)/(1−ā_t)·(1 − ā_t/ā_prev); at η = 0, σ = 0.")
+
+
+def _sigma_matches_ddpm(fn: Callable) -> Check:
+    """At 1000 steps, η = 1: σ² equals DDPMSampler's variance (diffusers' 'fixed_small') at a few t."""
+    what_zh, what_en = "η = 1、1000 步时 σ² 等于 DDPM 的方差", "η = 1 at 1000 steps: σ² equals DDPM's variance"
+    schedule = NoiseSchedule()
+    a = schedule.alphas_cumprod
+    for t in (999, 500, 10):
+        # DDPM, fixed_small: β̃_t = (1 − ā_{t−1}) / (1 − ā_t) · β_t
+        ddpm_var = float((1 - a[t - 1]) / (1 - a[t]) * schedule.betas[t])
+        value = float(torch.as_tensor(fn(a[t].clone(), a[t - 1].clone(), 1.0)))
+        if abs(value**2 - ddpm_var) > 1e-4 * ddpm_var + 1e-9:
+            return Check(what_zh, what_en, False, detail_zh=f"t = {t}：σ² = {value**2:.4g}，DDPM 是 {ddpm_var:.4g}。",
+                         detail_en=f"t = {t}: σ² = {value**2:.4g}, DDPM's is {ddpm_var:.4g}.",
+                         hint_zh="相邻两步时 1 − ā_t/ā_{t−1} 就是 β_t。", hint_en="For adjacent steps 1 − ā_t/ā_{t−1} is β_t.")
+    return Check(what_zh, what_en, True)
+
+
+def _sigma_stub(fn: Callable) -> Check | None:
+    values = []
+    for t, p, eta in _SIGMA_CASES[:2]:
+        a_t, a_prev = _sigma_inputs(t, p)
+        outcome = call_answer(fn, a_t, a_prev, eta)
+        if outcome.not_implemented or outcome.blank:
+            return stub_check(*_not_written("my_ddim_sigma", outcome), "return σ（一个数）。", "Return σ (one number).")
+        try:
+            values.append(float(torch.as_tensor(outcome.value)))
+        except Exception:
+            return None
+    if all(v == 0 for v in values):
+        return stub_check("my_ddim_sigma 无论 η 是多少都返回 0：这还是练习给的样子（η = 0 的 DDIM）。",
+                          "my_ddim_sigma returns 0 whatever η is: that is still the exercise's stub (DDIM with η = 0).",
+                          "从 DDPM 的后验方差出发：η = 1 时 σ² 要等于它；σ 与 η 成正比。",
+                          "Start from DDPM's posterior variance: at η = 1, σ² equals it; σ is proportional to η.")
+    return None
+
+
+@exercise(6, "6.4", "DDIM 的噪声大小 σ", "DDIM's noise level σ")
+def check_ddim_sigma(fn: Callable) -> Feedback:
+    """Check ``fn(alpha_bar_t, alpha_bar_prev, eta) -> sigma`` (0-d tensors in, a 0-d tensor or float out).
+
+    Right answer: η·√((1−ā_prev)/(1−ā_t)·(1 − ā_t/ā_prev)), as in :func:`unetlab.samplers.ddim_step`; at
+    η = 1 and adjacent timesteps σ² is DDPM's ``fixed_small`` variance. The stub (0 whatever η) is
+    "not attempted yet".
+    """
+    if callable(fn):
+        stub = _sigma_stub(fn)
+        if stub is not None:
+            return run_checks("DDIM 的噪声大小 σ", "DDIM's noise level σ", [lambda: stub])
+    steps = [lambda: function_check(fn, "check_ddim_sigma(my_ddim_sigma)", ("提交的是函数", "the answer is a function"))]
+    if callable(fn):
+        for t, p, eta in _SIGMA_CASES:
+            step = lambda t=t, p=p, e=eta: _sigma_case(fn, t, p, e)  # noqa: E731
+            step.__name__ = f"t={t}"
+            steps.append(step)
+        steps.append(lambda: _sigma_matches_ddpm(fn))
+    return run_checks("DDIM 的噪声大小 σ", "DDIM's noise level σ", steps)

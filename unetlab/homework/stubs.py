@@ -30,6 +30,9 @@ checker, its notebook stub, and when the answer counts as "not attempted":
   (it ignores s), or is blank, or the function raises ``NotImplementedError``.
 * ``check_ddim_step`` — ``return x_t``: the output equals ``x_t`` in every case, or is blank, or
   the function raises ``NotImplementedError``.
+* ``check_negative_prompt`` — ``raise NotImplementedError``: the function raises it.
+* ``check_ddim_sigma`` — ``return torch.zeros(())``: σ = 0 at η = 1 and at η = 0.5 (it ignores η), or
+  blank, or ``NotImplementedError``.
 
 "Blank" (:func:`is_blank`) is ``None``, ``...``, an empty container, or a container whose every
 value is blank. ``NotImplementedError`` is the Python convention for "not written yet", so every
