@@ -91,7 +91,7 @@ def test_real_cell_ran_its_real_branch(tiny_run, name):
 
 def test_stored_real_cells_hold_the_no_weights_note():
     """The notebooks are stored as executed without weights: each real cell's output is the package's note."""
-    for name in CHAPTERS + ("solutions/06_denoising_loop_solutions.ipynb",):
+    for name in CHAPTERS:
         nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
         cells = _real_cells(nb)
         assert len(cells) == 1, name
