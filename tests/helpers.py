@@ -17,3 +17,18 @@ def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 centre = 1.0 if "norm" in name and name.endswith("weight") else 0.0
                 p.copy_(centre + 0.1 * torch.randn(p.shape, generator=g))
     return module
+
+
+def random_unets(config, seed: int = 1):
+    """diffusers' ``UNet2DConditionModel`` and ``SDUNet`` for ``config`` holding the same random weights (eval mode)."""
+    import diffusers
+
+    from unetlab.sd.unet import SDUNet
+
+    with torch.device("meta"):
+        ref = diffusers.UNet2DConditionModel(**config.to_diffusers())
+    ref = randomise(ref.to_empty(device="cpu"), seed).eval()
+    with torch.device("meta"):
+        ours = SDUNet(config)
+    ours.load_state_dict(ref.state_dict(), strict=True, assign=True)
+    return ref, ours.eval()

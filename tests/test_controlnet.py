@@ -22,7 +22,7 @@ from unetlab.sd.controlnet import (
 from unetlab.sd.load import CheckpointError
 from unetlab.sd.unet import SDUNet, mid_shape, skip_shapes
 
-from helpers import randomise
+from helpers import randomise, random_unets
 
 REL_TOL = 1e-4
 SD15_CONTROLNET_PARAMS = 361_279_120
@@ -42,15 +42,6 @@ def random_pair(config: UNetConfig, seed: int = 0, **cn_kwargs):
     ours.load_state_dict(ref.state_dict(), strict=True, assign=True)
     return ref, ours.eval()
 
-
-def random_unets(config: UNetConfig, seed: int = 1):
-    with torch.device("meta"):
-        ref = diffusers.UNet2DConditionModel(**config.to_diffusers())
-    ref = randomise(ref.to_empty(device="cpu"), seed).eval()
-    with torch.device("meta"):
-        ours = SDUNet(config)
-    ours.load_state_dict(ref.state_dict(), strict=True, assign=True)
-    return ref, ours.eval()
 
 
 def inputs(config: UNetConfig, batch=2, height=8, width=8, factor=8, cond_channels=3, seed=2):

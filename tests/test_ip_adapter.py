@@ -19,7 +19,7 @@ from unetlab.sd.ip_adapter import (
 from unetlab.sd.count import meta_unet
 from unetlab.sd.unet import SDUNet
 
-from helpers import randomise
+from helpers import randomise, random_unets
 
 REL_TOL = 1e-4
 
@@ -55,15 +55,6 @@ def test_attention_parity_with_diffusers_processor(backend):
     assert rel_diff(got, expected) <= REL_TOL
     assert rel_diff(text_only, expected) > 1e-2  # the image tokens mattered
 
-
-def random_unets(config, seed=1):
-    with torch.device("meta"):
-        ref = diffusers.UNet2DConditionModel(**config.to_diffusers())
-    ref = randomise(ref.to_empty(device="cpu"), seed).eval()
-    with torch.device("meta"):
-        ours = SDUNet(config)
-    ours.load_state_dict(ref.state_dict(), strict=True, assign=True)
-    return ref, ours.eval()
 
 
 def random_ip_state_dict(config, n_layers, image_embed_dim=24, seed=5):

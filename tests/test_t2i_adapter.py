@@ -7,7 +7,7 @@ from unetlab.configs import TINY, TINY_21, TINY_XL
 from unetlab.sd.t2i_adapter import T2IAdapter
 from unetlab.sd.unet import SDUNet, intrablock_shapes
 
-from helpers import randomise
+from helpers import randomise, random_unets
 
 REL_TOL = 1e-4
 SD15_T2I_ADAPTER_PARAMS = 77_369_280
@@ -23,15 +23,6 @@ def random_adapters(channels, in_channels=3, seed=0):
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ref, ours.eval()
 
-
-def random_unets(config, seed=1):
-    with torch.device("meta"):
-        ref = diffusers.UNet2DConditionModel(**config.to_diffusers())
-    ref = randomise(ref.to_empty(device="cpu"), seed).eval()
-    with torch.device("meta"):
-        ours = SDUNet(config)
-    ours.load_state_dict(ref.state_dict(), strict=True, assign=True)
-    return ref, ours.eval()
 
 
 def test_sd15_count_and_names():
