@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from unetlab import tracing
+from unetlab import trace_command
 from unetlab.simple_unet import SimpleUNet
 
 
@@ -65,7 +65,7 @@ def test_trace_unknown_model_is_an_argparse_error():
 def test_sd_models_without_tables_module_give_a_clear_message(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "unetlab.sd.tables", None)  # import fails
     args = argparse.Namespace(model="sd15", depth=None, filter=None, batch=None, size=None)
-    assert tracing.cli_run(args) == 1
+    assert trace_command.cli_run(args) == 1
     assert "unetlab.sd.tables" in capsys.readouterr().err
 
 
@@ -76,4 +76,4 @@ def test_sd_models_are_delegated(monkeypatch, model):
     fake.cli_trace = lambda args: seen.append(args.model) or 0
     monkeypatch.setitem(sys.modules, "unetlab.sd.tables", fake)
     args = argparse.Namespace(model=model, depth=None, filter=None, batch=None, size=None)
-    assert tracing.cli_run(args) == 0 and seen == [model]
+    assert trace_command.cli_run(args) == 0 and seen == [model]

@@ -13,7 +13,7 @@ import sys
 
 # command -> (module, one-line help)
 COMMANDS = {
-    "trace": ("unetlab.tracing", "print the shape table of a model (simple, sd15, sd21, sdxl, tiny)"),
+    "trace": ("unetlab.trace_command", "print the shape table of a model (simple, sd15, sd21, sdxl, tiny)"),
     "params": ("unetlab.sd.count", "parameter counts of a Stable Diffusion UNet, by part"),
     "train": ("unetlab.train", "train one of the course's small models and write its checkpoint into data/"),
     "checkpoints": ("unetlab.checkpoints", "list the shipped checkpoints, verify their sha256"),

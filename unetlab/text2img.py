@@ -11,7 +11,7 @@ What it is
     (see :data:`TEXT_ENCODER_CONFIG`).
 
 Training (``python -m unetlab train text2img``)
-    The recipe ``"text2img"`` (registered here with :mod:`unetlab.train`) runs the usual
+    The recipe ``"text2img"`` (declared in :mod:`unetlab.recipes` from this module's pieces) runs the usual
     noise-prediction loss; **caption dropout** replaces a fraction :data:`CAPTION_DROPOUT` of the
     captions by the empty caption ``""``, so the same network also learns the unconditional
     prediction that classifier-free guidance needs. The noise loss is **weighted on the object**
@@ -257,9 +257,11 @@ def load_text2img(name: str = "text2img", device: str | torch.device = "cpu", ch
 
     A missing file raises an error naming the command that regenerates it (``unetlab.checkpoints``).
     """
-    from .checkpoints import load_checkpoint
+    from .checkpoint_io import load_model
 
-    return load_checkpoint(name, arch="TextToImage", device=device, check_sha=check_sha).model
+    # built from the config stored in the file; the recipe registry is not needed (and imports this module)
+    return load_model(name, lambda metadata: build_text2img(dict(metadata["config"])), arch="TextToImage",
+                      device=device, check_sha=check_sha).model
 
 
 # --- classifier-free guidance and sampling ------------------------------------------------------------------
@@ -535,33 +537,3 @@ def attention_iou(
     masks = batch.masks[:, 0] > 0.5
     ious = mask_iou(threshold_map(maps), masks)
     return {"mean_iou": float(ious.mean()), "ious": ious, "maps": maps, "masks": masks, "captions": captions}
-
-
-# --- the training recipe --------------------------------------------------------------------------------------
-
-
-def _register() -> None:
-    from .train import Recipe, register_recipe
-
-    register_recipe(
-        Recipe(
-            name="text2img",
-            arch="TextToImage",
-            build_model=build_text2img,
-            config={"unet": _unet_config_dict(TEXT2IMG_UNET), "text": dict(TEXT_ENCODER_CONFIG)},
-            make_batch=text2img_batch,
-            loss_fn=text2img_loss,
-            steps=1700,
-            batch_size=32,
-            lr=2e-3,
-            seed=0,
-            warmup_steps=50,
-            description="chapters 5-6: word-level text encoder + small SDUNet on 32x32 captioned shapes, "
-                        "caption dropout 10 %, object pixels weighted x9 in the noise loss, grounding loss on the colour "
-                        "and shape words' cross-attention",
-        ),
-        replace=True,
-    )
-
-
-_register()

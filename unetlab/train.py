@@ -3,11 +3,12 @@
     python -m unetlab train simple-skips              # writes data/simple-skips.safetensors + manifest
     python -m unetlab train simple-noskips --steps 50 --out /tmp/quick.safetensors
 
-A **recipe** says everything a run needs: how to build the model from a config dict, how to make
-batch number ``step``, and the default steps / batch size / learning rate / seed. The loop is the
-same for every recipe: AdamW, a short linear warm-up then cosine decay, gradient clipping at 1.0,
-the noise-prediction loss of :meth:`unetlab.schedule.NoiseSchedule.training_loss`, a tqdm bar, and
-the loss of every step kept as the loss curve.
+A **recipe** (:mod:`unetlab.recipes`, re-exported here) says everything a run needs: how to build the
+model from a config dict, how to make batch number ``step``, and the default steps / batch size /
+learning rate / seed. The loop is the same for every recipe: AdamW, a short linear warm-up then cosine
+decay, gradient clipping at 1.0, the recipe's loss (by default the noise-prediction loss of
+:meth:`unetlab.schedule.NoiseSchedule.training_loss`), a tqdm bar, and the loss of every step kept as
+the loss curve.
 
 Deterministic for a seed: ``torch.manual_seed(seed)`` before the model is built; timesteps and noise
 come from a CPU ``torch.Generator`` seeded with ``seed``; batch ``k`` is image ``k·B … k·B+B-1`` of
@@ -15,86 +16,33 @@ the shapes stream :data:`unetlab.data.TRAIN_SEED` (never the held-out seed). On 
 torch build, the same command writes the same bytes; on other hardware the floating-point sums may
 round differently, so the weights (and their sha256) can differ slightly while the quality does not.
 
-Adding a recipe (chapter 5-6's text-to-image model lives in ``unetlab/text2img.py``)::
-
-    from unetlab.train import Recipe, register_recipe
-
-    def build(config):                     # config: a JSON-able dict -> nn.Module
-        return MyTextToImage(**config)
-
-    def make_batch(step, batch_size):      # -> dict with "x0" (B, C, H, W) and any conditioning
-        b = make_shapes(batch_size, seed=TRAIN_SEED, start=step * batch_size)
-        return {"x0": b.images, "captions": b.captions}
-
-    def loss_fn(model, batch, schedule, generator):   # optional; default: eps-MSE on batch["x0"]
-        ...                                            #   with the other entries passed as keywords
-        return loss
-
-    register_recipe(Recipe(name="text2img", arch="TextToImage", build_model=build, config={...},
-                           make_batch=make_batch, loss_fn=loss_fn, steps=3000, batch_size=64, lr=1e-3))
-
-``get_recipe`` imports ``unetlab.text2img`` the first time a name is not found, so a recipe registered
-at import time there is available to ``python -m unetlab train text2img`` and to
-:func:`unetlab.checkpoints.load_checkpoint` without further wiring.
+Adding a recipe: see :mod:`unetlab.recipes` (``from unetlab.train import Recipe, register_recipe``
+still works). Dependencies point one way: ``recipes`` <- ``checkpoints`` <- ``train`` (this module
+registers the checkpoints it writes; nothing below imports it).
 """
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .data import TRAIN_SEED, make_shapes
-from .schedule import NoiseSchedule
+from . import checkpoints
+from .recipes import Recipe, get_recipe, list_recipes, register_recipe, shapes_batch
 
 __all__ = [
-    "Recipe", "TrainResult", "register_recipe", "get_recipe", "list_recipes", "train",
+    "Recipe", "TrainResult", "register_recipe", "get_recipe", "list_recipes", "shapes_batch", "train",
     "save_checkpoint", "train_command", "cli_add_arguments", "cli_run",
 ]
 
-#: modules that may register more recipes; imported the first time a recipe name is not found
-EXTRA_RECIPE_MODULES = ("unetlab.text2img",)
-
 #: format tag written into every checkpoint's metadata
 CHECKPOINT_FORMAT = "unetlab-checkpoint-1"
-
-
-def _default_loss(model: nn.Module, batch: dict, schedule: NoiseSchedule, generator: torch.Generator) -> torch.Tensor:
-    """eps-prediction MSE on ``batch["x0"]``; every other entry goes to the model as a keyword."""
-    cond = {k: v for k, v in batch.items() if k != "x0"}
-    return schedule.training_loss(model, batch["x0"], generator=generator, **cond)
-
-
-@dataclass
-class Recipe:
-    """How to train one of the course's models (see the module docstring)."""
-
-    name: str
-    arch: str
-    build_model: Callable[[dict], nn.Module]
-    config: dict
-    make_batch: Callable[[int, int], dict]
-    steps: int
-    batch_size: int
-    lr: float
-    seed: int = 0
-    warmup_steps: int = 50
-    weight_decay: float = 0.0
-    description: str = ""
-    loss_fn: Callable[[nn.Module, dict, NoiseSchedule, torch.Generator], torch.Tensor] = _default_loss
-    schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
-
-    @property
-    def filename(self) -> str:
-        return f"{self.name}.safetensors"
 
 
 @dataclass
@@ -107,71 +55,6 @@ class TrainResult:
     seconds: float
     path: Path | None = None
     cpu_seconds: float | None = None
-
-
-_RECIPES: dict[str, Recipe] = {}
-
-
-def register_recipe(recipe: Recipe, replace: bool = False) -> Recipe:
-    """Add a recipe to the registry (``replace=True`` to overwrite one of the same name)."""
-    if not isinstance(recipe, Recipe):
-        raise TypeError(f"register_recipe expects a Recipe, got {type(recipe).__name__}")
-    if recipe.name in _RECIPES and not replace:
-        raise ValueError(f"a recipe named {recipe.name!r} is already registered")
-    _RECIPES[recipe.name] = recipe
-    return recipe
-
-
-def _import_extra_recipes() -> None:
-    for module_name in EXTRA_RECIPE_MODULES:
-        try:
-            importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-
-
-def list_recipes() -> list[str]:
-    _import_extra_recipes()
-    return sorted(_RECIPES)
-
-
-def get_recipe(name: str) -> Recipe:
-    """The recipe called ``name``; a ``ValueError`` listing the known names if there is none."""
-    if isinstance(name, Recipe):
-        return name
-    if name not in _RECIPES:
-        _import_extra_recipes()
-    if name not in _RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(_RECIPES))}")
-    return _RECIPES[name]
-
-
-# --- chapter 3's recipes: SimpleUNet with and without skips ------------------------------------------------
-
-
-def _build_simple_unet(config: dict) -> nn.Module:
-    from .simple_unet import SimpleUNet
-
-    return SimpleUNet(**config)
-
-
-def shapes_batch(step: int, batch_size: int) -> dict:
-    """Batch number ``step`` of the training stream: ``{"x0": (B, 3, 32, 32)}`` in [-1, 1]."""
-    return {"x0": make_shapes(batch_size, seed=TRAIN_SEED, start=step * batch_size).images}
-
-
-# Same data, seed, steps and optimiser for both; only use_skips differs.
-_SIMPLE = dict(arch="SimpleUNet", build_model=_build_simple_unet, make_batch=shapes_batch,
-               steps=500, batch_size=32, lr=2e-3, seed=0, warmup_steps=40)
-register_recipe(Recipe(
-    name="simple-skips", config=dict(in_channels=3, out_channels=3, base_channels=32, use_skips=True),
-    description="chapter 3: SimpleUNet (32 base channels) with skip connections, on 32x32 shapes", **_SIMPLE,
-))
-register_recipe(Recipe(
-    name="simple-noskips", config=dict(in_channels=3, out_channels=3, base_channels=32, use_skips=False),
-    description="chapter 3: the same SimpleUNet without skip connections, same data, seed and steps", **_SIMPLE,
-))
 
 
 # --- the loop --------------------------------------------------------------------------------------------
@@ -315,8 +198,6 @@ def cli_add_arguments(parser) -> None:
 
 
 def cli_run(args) -> int:
-    from . import checkpoints
-
     recipe = get_recipe(args.recipe)
     if args.threads is not None:
         torch.set_num_threads(_positive_int("threads", args.threads))
