@@ -207,7 +207,7 @@ def test_every_recipe_is_known_without_importing_its_model_first():
         "print(type(load_checkpoint('text2img').model).__name__)\n"
     )
     assert "text2img imported by the registry: False" in out
-    assert "['simple-noskips', 'simple-skips', 'text2img']" in out and "TextToImage" in out
+    assert "['simple-noskips', 'simple-skips', 'text2img', 'text2img-nogrounding']" in out and "TextToImage" in out
 
 
 def test_old_import_paths_still_work():
