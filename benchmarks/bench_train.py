@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |", *rows])
     command = "python benchmarks/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"### Training step of `{args.recipe}` (batch {recipe.batch_size}, {gflop:.1f} GFLOP/step counted)\n\n"
-              f"- command: `{command}`\n- machine: {machine_description('cpu')}\n"
+              f"- command: `{command}`\n- machine: {machine_description('cpu').split(', torch threads')[0]} (torch threads: per row)\n"
               f"- versions: {versions()}; unetlab at git {git_revision()}\n"
               f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
               f"- median of {args.steps} steps after {args.warmup} warm-up steps; each variant adds to the one above\n")

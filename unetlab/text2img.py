@@ -47,6 +47,13 @@ Evaluation (chapter 5 and 6 report these numbers; ``tests/test_text2img.py`` che
     * :func:`attention_iou` — noise held-out images, run the UNet on their captions while
       :func:`unetlab.capture.capture_attention` records the cross-attention, average the map of the
       shape word over layers, heads and timesteps, threshold it, IoU with the true mask.
+
+    Measured 2026-11-29 on the shipped checkpoint, 96 held-out captions × sampling seeds 0 and 1 (192
+    images), s = 3, 25 DDIM steps (trailing), rate (95 % Wilson interval): colour 1.000 (0.980–1.000), shape
+    0.635 (0.565–0.700), position 1.000 (0.980–1.000), size 1.000 (0.980–1.000), exactly one object 0.995
+    (0.971–0.999), all right with one object 0.630 (0.560–0.695). Wrong shapes are squares and diamonds drawn
+    round (read as circles: 35 of 48 squares, 21 of 48 diamonds). Shape-word IoU 0.524 (64 images); without
+    the grounding loss (``text2img-nogrounding``) 0.125, with the same caption rates (shape 0.667).
 """
 from __future__ import annotations
 
