@@ -208,7 +208,7 @@ def test_every_recipe_is_known_without_importing_its_model_first():
     )
     assert "text2img imported by the registry: False" in out
     # every recipe name is listed (chapter 7 adds 'controlnet', lazily too)
-    assert all(f"'{name}'" in out for name in ("simple-noskips", "simple-skips", "text2img", "controlnet"))
+    assert all(f"'{name}'" in out for name in ("simple-noskips", "simple-skips", "text2img", "text2img-nogrounding", "controlnet"))
     assert "TextToImage" in out
 
 

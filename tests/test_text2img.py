@@ -6,19 +6,29 @@ import torch
 from unetlab.data import HELDOUT_SEED, SHAPES, make_shapes
 from unetlab.schedule import NoiseSchedule
 from unetlab.text2img import (
-    CAPTION_DROPOUT, TEXT2IMG_UNET, TextToImage, grounding_loss, attention_iou, build_text2img, caption_accuracy,
+    CAPTION_DROPOUT, LEGACY_SCHEDULE, TEXT2IMG_SCHEDULE, TEXT2IMG_UNET, TextToImage, grounding_loss, attention_iou, build_text2img, caption_accuracy,
     check_guidance_scale, classify_image, generate, guided_eps, load_text2img, mask_iou, text2img_batch,
     text2img_loss, threshold_map, object_weight,
 )
 from unetlab.train import get_recipe
 
-# thresholds the shipped checkpoint must reach (the issue asks for IoU >= 0.5; the caption-accuracy
-# floors sit below the values chapter 6 reports, so a retrained model of the same quality passes while
-# a broken one fails: guessing gives colour 1/6 and shape 1/4, and the recipe without its object-weighted
-# loss drew every shape as the same blob, shape accuracy at guessing level)
-MIN_IOU = 0.5
-MIN_COLOUR = 0.75
-MIN_SHAPE = 0.5
+# Rates on the shipped checkpoint over N_CAPTIONS held-out captions x SAMPLE_SEEDS (guidance s = 3, 25 DDIM
+# steps, trailing timesteps), read by unetlab.ruler. Measured 2026-11-29 on 192 images (95 % Wilson intervals):
+# colour 192/192, shape 122/192 = 0.635 (0.565-0.700), position 192/192, size 192/192, exactly one object
+# 191/192 = 0.995 (0.971-0.999), all right with one object 121/192 = 0.630 (0.560-0.695); shape-word IoU 0.524
+# (64 images); background residual RMS 0.050, brightest channel 0.183 on average (training: <= 0.35).
+# FLOORS sit a little below what was measured; ISSUE_TARGETS are issue 12's, and the ones the checkpoint does
+# not reach yet are strict xfails (they fail as soon as a retrained checkpoint reaches them: raise the floor).
+N_CAPTIONS = 96
+SAMPLE_SEEDS = (0, 1)
+FLOORS = {"colour": 0.97, "shape": 0.55, "position": 0.95, "size": 0.95, "one_object": 0.95, "all_one": 0.55}
+ISSUE_TARGETS = {"colour": 0.97, "shape": 0.90, "position": 0.90, "size": 0.90, "one_object": 0.95, "all_one": 0.85}
+NOT_REACHED = ("shape", "all_one")
+MIN_IOU = 0.45
+ISSUE_MIN_IOU = 0.6
+MAX_BACKGROUND_RMS = 0.07
+# the recipe without the grounding loss: measured IoU 0.125 on the same 64 images (its maps do not localise)
+NOGROUNDING_IOU = (0.0, 0.3)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +85,7 @@ def test_recipe_registered_and_batches():
 
 def test_caption_dropout_rate(monkeypatch, random_model):
     seen = []
-    def fake_loss(model, x0, generator=None, captions=None, weight=None):
+    def fake_loss(model, x0, t=None, generator=None, captions=None, weight=None):
         seen.extend(captions)
         return torch.zeros(())
     schedule = NoiseSchedule()
@@ -213,28 +223,154 @@ def test_untrained_model_does_not_localise(random_model):
     assert attention_iou(random_model, n=16)["mean_iou"] < 0.35
 
 
-# --- the shipped checkpoint ---------------------------------------------------------------------------------------
+# --- the schedule travels with the model -----------------------------------------------------------------------
+
+
+def test_model_carries_its_schedule_and_sampler():
+    model = TextToImage()
+    assert model.schedule.config == TEXT2IMG_SCHEDULE and model.prediction_type == "v_prediction"
+    assert model.timestep_spacing == "trailing"
+    sampler = model.make_sampler(25)
+    # trailing timesteps start at t = 999, where alpha_bar is exactly 0 (no signal leak)
+    assert int(sampler.timesteps[0]) == 999 and float(model.schedule.alphas_cumprod[-1]) == 0.0
+    assert sampler.prediction_type == "v_prediction"
+    # a config without a schedule is an older eps checkpoint's
+    old = build_text2img({"unet": model.config["unet"], "text": model.config["text"]})
+    assert old.schedule.config == LEGACY_SCHEDULE and old.prediction_type == "epsilon"
+    assert old.timestep_spacing == "leading" and int(old.make_sampler(25).timesteps[0]) == 961
+    with pytest.raises(ValueError, match="sampler"):
+        model.make_sampler(10, sampler="euler")
+
+
+def test_generate_reads_the_prediction_type_from_the_model(random_model):
+    # the same weights read as v and as eps give different images; generate follows the model's schedule
+    torch.manual_seed(0)
+    v_model = TextToImage().eval()
+    eps_model = build_text2img({**v_model.config, "schedule": LEGACY_SCHEDULE}).eval()
+    eps_model.load_state_dict(v_model.state_dict())
+    caption = "a large red circle at the top left"
+    x_v = generate(v_model, caption, num_inference_steps=4, seed=3)
+    x_eps = generate(eps_model, caption, num_inference_steps=4, seed=3)
+    assert not torch.allclose(x_v, x_eps, atol=1e-3)
+    # by hand: the v sampler, trailing timesteps, the guided output
+    from unetlab.samplers import DDIMSampler
+
+    sampler = DDIMSampler(v_model.schedule, num_inference_steps=4, timestep_spacing="trailing",
+                          prediction_type="v_prediction")
+    ctx, unc = v_model.encode([caption]), v_model.encode([""])
+    with torch.no_grad():
+        by_hand = sampler.sample(lambda x, t: guided_eps(v_model.unet, x, t, ctx, unc, 3.0), (1, 3, 32, 32),
+                                 generator=torch.Generator().manual_seed(3), progress=False)
+    assert torch.allclose(by_hand, x_v, atol=1e-5)
+
+
+def test_object_weight_scaled_by_signal():
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[..., 3:5, 3:5] = 1.0
+    w = object_weight(masks, extra=8.0, scale=torch.tensor([1.0, 0.25]))
+    assert float(w[0].max()) == 9.0 and float(w[1].max()) == 3.0 and float(w.min()) == 1.0
+
+
+def test_nogrounding_recipe_differs_only_in_the_grounding_loss():
+    a, b = get_recipe("text2img"), get_recipe("text2img-nogrounding")
+    assert a.config == b.config and a.steps == b.steps and a.ema_decay == b.ema_decay
+    model = TextToImage().train()
+    batch = text2img_batch(0, 4)
+    # same generator state: the two losses differ by the grounding term only
+    la = a.loss_fn(model, batch, a.schedule, torch.Generator().manual_seed(0))
+    lb = b.loss_fn(model, batch, b.schedule, torch.Generator().manual_seed(0))
+    plain = text2img_loss(model, batch, a.schedule, torch.Generator().manual_seed(0), grounding_weight=0.0)
+    assert torch.equal(lb, plain) and float(la.detach()) > float(lb.detach())
+
+
+def test_training_is_bit_identical_and_ships_the_ema():
+    from unetlab.train import train
+
+    r1 = train("text2img", steps=1700, batch_size=4, stop_after=3, progress=False)
+    r2 = train("text2img", steps=1700, batch_size=4, stop_after=3, progress=False)
+    s1, s2 = r1.model.state_dict(), r2.model.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert r1.losses == r2.losses and r1.metadata["ema_decay"] == get_recipe("text2img").ema_decay
+    assert r1.metadata["prediction_type"] == "v_prediction" and r1.metadata["schedule"] == TEXT2IMG_SCHEDULE
+    # the EMA after 3 steps (decay 1/10, 2/11, 3/12) is not the raw weights: it lags behind them
+    torch.manual_seed(0)
+    init = TextToImage().state_dict()
+    k = "unet.conv_in.weight"
+    assert not torch.equal(s1[k], init[k])
+
+
+# --- the shipped checkpoints ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped_rates(shipped):
+    return caption_accuracy(shipped, n=N_CAPTIONS, sample_seeds=SAMPLE_SEEDS, guidance_scale=3.0,
+                            num_inference_steps=25)
 
 
 def test_shipped_checkpoint_matches_recipe(shipped):
-    from unetlab.checkpoints import read_manifest
+    from unetlab.checkpoints import read_manifest, read_metadata, DATA_DIR
 
     entry = read_manifest()["text2img"]
     assert entry["command"].startswith("python -m unetlab train text2img")
     assert entry["arch"] == "TextToImage"
     assert shipped.unet.config == build_text2img(get_recipe("text2img").config).unet.config
+    meta = read_metadata(DATA_DIR / entry["file"])
+    # generate() and the chapters read these from the file: v-prediction, zero terminal SNR, EMA weights
+    assert meta["prediction_type"] == "v_prediction" and meta["schedule"] == TEXT2IMG_SCHEDULE
+    assert meta["config"]["schedule"] == TEXT2IMG_SCHEDULE and meta["ema_decay"] is not None
+    assert shipped.schedule.config == TEXT2IMG_SCHEDULE
 
 
-def test_shipped_attention_iou(shipped):
-    result = attention_iou(shipped, n=64)
-    assert len(result["ious"]) == 64
-    assert result["mean_iou"] >= MIN_IOU, result["mean_iou"]
+def test_shipped_caption_rates(shipped_rates):
+    rates = shipped_rates["rates"]
+    assert shipped_rates["N"] == N_CAPTIONS * len(SAMPLE_SEEDS)
+    for figure, floor in FLOORS.items():
+        assert rates[figure]["rate"] >= floor, (figure, rates[figure])
+    for figure, target in ISSUE_TARGETS.items():
+        if figure not in NOT_REACHED:
+            assert rates[figure]["rate"] >= target, (figure, rates[figure])
 
 
-def test_shipped_caption_accuracy(shipped):
-    acc = caption_accuracy(shipped, n=48, guidance_scale=3.0, num_inference_steps=25)
-    assert acc["colour"] >= MIN_COLOUR, acc["colour"]
-    assert acc["shape"] >= MIN_SHAPE, acc["shape"]
-    # guidance helps: the unconditional model gets the colour right far less often
+@pytest.mark.xfail(strict=True, reason="issue 12's shape (0.90) and all-right (0.85) targets: measured 0.635 and 0.630")
+def test_shipped_caption_rates_reach_issue_targets(shipped_rates):
+    rates = shipped_rates["rates"]
+    assert all(rates[f]["rate"] >= ISSUE_TARGETS[f] for f in NOT_REACHED), {f: rates[f]["rate"] for f in NOT_REACHED}
+
+
+def test_shipped_backgrounds_are_clean(shipped_rates):
+    from unetlab.ruler import read_background
+
+    bgs = [read_background(x) for x in shipped_rates["images"]]
+    # as dark as training backgrounds (all <= 0.35), and nearly as smooth as a clean gradient
+    assert sum(b["brightest"] for b in bgs) / len(bgs) <= 0.35
+    assert sum(b["residual_rms"] for b in bgs) / len(bgs) <= MAX_BACKGROUND_RMS
+
+
+def test_shipped_guidance_helps(shipped):
     uncond = caption_accuracy(shipped, n=48, guidance_scale=0.0, num_inference_steps=25)
-    assert uncond["colour"] < acc["colour"] - 0.2
+    guided = caption_accuracy(shipped, n=48, guidance_scale=3.0, num_inference_steps=25)
+    assert uncond["colour"] < guided["colour"] - 0.2
+
+
+@pytest.fixture(scope="module")
+def shipped_iou(shipped):
+    return attention_iou(shipped, n=64)
+
+
+def test_shipped_attention_iou(shipped_iou):
+    assert len(shipped_iou["ious"]) == 64
+    assert shipped_iou["mean_iou"] >= MIN_IOU, shipped_iou["mean_iou"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12's shape-word IoU target 0.6: measured 0.524")
+def test_shipped_attention_iou_reaches_issue_target(shipped_iou):
+    assert shipped_iou["mean_iou"] >= ISSUE_MIN_IOU, shipped_iou["mean_iou"]
+
+
+def test_nogrounding_checkpoint_iou():
+    model = load_text2img("text2img-nogrounding")
+    assert model.schedule.config == TEXT2IMG_SCHEDULE
+    iou = attention_iou(model, n=64)["mean_iou"]
+    # what cross-attention learns without being told where the words are (measured, see data/CHECKPOINTS.md)
+    assert NOGROUNDING_IOU[0] <= iou <= NOGROUNDING_IOU[1], iou

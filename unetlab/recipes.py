@@ -11,7 +11,9 @@ importing anything else first:
 * ``simple-skips``, ``simple-noskips`` (chapter 3): :class:`unetlab.simple_unet.SimpleUNet` with and
   without skip connections, on 32×32 shapes;
 * ``text2img`` (chapters 5-6): :class:`unetlab.text2img.TextToImage` with its batch and loss
-  (:func:`unetlab.text2img.text2img_batch`, :func:`unetlab.text2img.text2img_loss`).
+  (:func:`unetlab.text2img.text2img_batch`, :func:`unetlab.text2img.text2img_loss`), v-prediction on a
+  zero-terminal-SNR schedule, EMA weights;
+* ``text2img-nogrounding``: the same without the grounding loss (what cross-attention learns by itself).
 
 Dependencies point one way: models (``simple_unet``, ``text2img``) <- ``recipes`` <- ``checkpoints``
 <- ``train`` <- the CLI. A model module never imports this one.
@@ -60,6 +62,8 @@ class Recipe:
 
     ``build_model(config) -> nn.Module``; ``make_batch(step, batch_size) -> dict`` with ``"x0"``
     ``(B, C, H, W)`` in [-1, 1]; ``loss_fn(model, batch, schedule, generator) -> 0-d tensor``.
+    ``ema_decay``: :func:`unetlab.train.train` keeps an exponential moving average of the weights (decay
+    ``min(ema_decay, (1 + step) / (10 + step))``, diffusers' ``EMAModel``) and returns and saves it.
     """
 
     name: str
@@ -74,6 +78,10 @@ class Recipe:
     warmup_steps: int = 50
     weight_decay: float = 0.0
     description: str = ""
+    #: keep an exponential moving average of the weights with this decay and ship it (None: no EMA)
+    ema_decay: float | None = None
+    #: AdamW's fused kernel (faster; rounds differently from the default, so only recipes trained with it use it)
+    fused_optimizer: bool = False
     loss_fn: Callable[[nn.Module, dict, NoiseSchedule, torch.Generator], torch.Tensor] = _default_loss
     schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
 
@@ -156,31 +164,46 @@ def _simple_recipes() -> list[Recipe]:
 # --- chapters 5-6: the small text-to-image model ---------------------------------------------------------------
 
 
-def _text2img_recipe() -> Recipe:
+def _text2img_recipe(name: str = "text2img", grounding: bool = True) -> Recipe:
     # imported here, not at the top: `python -m unetlab train simple-skips` need not load the SD UNet code
+    import functools
+
     from . import text2img
 
+    loss = text2img.text2img_loss if grounding else functools.partial(text2img.text2img_loss, grounding_weight=0.0)
+    what = ("grounding loss on the colour and shape words' cross-attention" if grounding else
+            "NO grounding loss (what cross-attention learns by itself)")
     return Recipe(
-        name="text2img",
+        name=name,
         arch="TextToImage",
         build_model=text2img.build_text2img,
-        config={"unet": dataclasses.asdict(text2img.TEXT2IMG_UNET), "text": dict(text2img.TEXT_ENCODER_CONFIG)},
+        config={"unet": dataclasses.asdict(text2img.TEXT2IMG_UNET), "text": dict(text2img.TEXT_ENCODER_CONFIG),
+                "schedule": dict(text2img.TEXT2IMG_SCHEDULE)},
         make_batch=text2img.text2img_batch,
-        loss_fn=text2img.text2img_loss,
-        steps=1700,
+        loss_fn=loss,
+        schedule=NoiseSchedule(**text2img.TEXT2IMG_SCHEDULE),
+        steps=TEXT2IMG_STEPS,
         batch_size=32,
         lr=2e-3,
         seed=0,
         warmup_steps=50,
-        description="chapters 5-6: word-level text encoder + small SDUNet on 32x32 captioned shapes, "
-                    "caption dropout 10 %, object pixels weighted x9 in the noise loss, grounding loss on the colour "
-                    "and shape words' cross-attention",
+        ema_decay=TEXT2IMG_EMA_DECAY,
+        fused_optimizer=True,
+        description="chapters 5-6: word-level text encoder + small SDUNet on 32x32 captioned shapes; v-prediction on "
+                    "a zero-terminal-SNR schedule, EMA weights, caption dropout 10 %, object pixels weighted "
+                    f"x{1 + text2img.OBJECT_WEIGHT:g} in the loss, {what}",
     )
+
+
+#: optimiser steps and EMA decay of the text-to-image recipes
+TEXT2IMG_STEPS = 1700
+TEXT2IMG_EMA_DECAY = 0.995
 
 
 for _recipe in _simple_recipes():
     register_recipe(_recipe)
 _LAZY["text2img"] = _text2img_recipe
+_LAZY["text2img-nogrounding"] = lambda: _text2img_recipe("text2img-nogrounding", grounding=False)
 
 # chapter 7: the ControlNet recipe lives in its own module, imported the first time the name is looked up
 _LAZY["controlnet"] = lambda: __import__("unetlab.controlnet_train", fromlist=["controlnet_recipe"]).controlnet_recipe()

@@ -76,6 +76,49 @@ def _lr_at(step: int, steps: int, warmup: int, lr: float) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _optimizer_options(device: torch.device) -> dict:
+    """AdamW's implementation: the fused kernel where torch has one for the device (CPU and CUDA since torch 2.4;
+    one kernel for all parameters instead of a dozen elementwise ops per tensor), else the default."""
+    import inspect
+
+    if "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in ("cpu", "cuda"):
+        return {"fused": True}
+    return {}
+
+
+class BatchPrefetcher:
+    """Makes ``make_batch(step, batch_size)`` for steps 0 … ``steps-1`` one step ahead in a worker thread.
+
+    ``get(step)`` must be called with 0, 1, 2, …; it returns the batch of that step (the same objects a
+    direct call would make: batches are pure functions of the step) and starts making the next one.
+    A context manager: leaving it waits for the worker.
+    """
+
+    def __init__(self, make_batch, batch_size: int, steps: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.make_batch, self.batch_size, self.steps = make_batch, batch_size, steps
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.next_step = 0
+        self.future = self.pool.submit(make_batch, 0, batch_size) if steps > 0 else None
+
+    def get(self, step: int) -> dict:
+        if step != self.next_step:
+            raise ValueError(f"batches are prefetched in order: expected step {self.next_step}, got {step}")
+        batch = self.future.result()
+        self.next_step += 1
+        self.future = (self.pool.submit(self.make_batch, self.next_step, self.batch_size)
+                       if self.next_step < self.steps else None)
+        return batch
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        return False
+
+
 def train_command(recipe: str, steps: int | None = None, batch_size: int | None = None, seed: int | None = None,
                   lr: float | None = None, out: str | Path | None = None, threads: int | None = None) -> str:
     """The exact ``python -m unetlab train ...`` command line for these settings (defaults left out)."""
@@ -121,29 +164,47 @@ def train(
     torch.manual_seed(seed)
     model = r.build_model(dict(r.config)).to(device)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=r.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    # the fused AdamW only where the recipe asks for it: it rounds differently, and the other shipped
+    # checkpoints must stay reproducible with their commands
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=r.weight_decay,
+                                  **(_optimizer_options(device) if r.fused_optimizer else {}))
     generator = torch.Generator().manual_seed(seed)
     warmup = min(r.warmup_steps, max(1, steps // 5))
     run_steps = steps if stop_after is None else min(steps, _positive_int("stop_after", stop_after))
+    # the EMA copy of the weights (what is shipped when the recipe asks for it)
+    ema = [p.detach().clone() for p in params] if r.ema_decay else None
 
     losses: list[float] = []
     start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(range(run_steps), disable=not progress, desc=f"train {r.name}")
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, steps, warmup, lr)
-        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in r.make_batch(step, batch_size).items()}
-        loss = r.loss_fn(model, batch, r.schedule, generator)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {float(loss)} at step {step}; try a smaller --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        if step % 10 == 0 or step == run_steps - 1:
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
+    # batches are made one step ahead in a worker thread (pure functions of the step: same data, off the critical path)
+    with BatchPrefetcher(r.make_batch, batch_size, run_steps) as batches:
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, steps, warmup, lr)
+            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batches.get(step).items()}
+            loss = r.loss_fn(model, batch, r.schedule, generator)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the loss became {float(loss)} at step {step}; try a smaller --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            if ema is not None:
+                # ema <- ema + (1 - d) (w - ema), d = min(decay, (1 + step) / (10 + step)) (diffusers' EMAModel)
+                decay = min(r.ema_decay, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
+            losses.append(float(loss.detach()))
+            if step % 10 == 0 or step == run_steps - 1:
+                bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    if ema is not None:
+        # ship the averaged weights
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
     model.eval()
 
     metadata = {
@@ -156,6 +217,8 @@ def train(
         "lr": lr,
         "seed": seed,
         "schedule": r.schedule.config,
+        "prediction_type": r.schedule.prediction_type,
+        "ema_decay": r.ema_decay,
         "loss_curve": losses,
         "command": command or train_command(r.name, steps if steps != r.steps else None,
                                             batch_size if batch_size != r.batch_size else None,
