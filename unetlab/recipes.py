@@ -38,6 +38,7 @@ Adding a recipe::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -195,6 +196,23 @@ def _text2img_recipe(name: str = "text2img", grounding: bool = True) -> Recipe:
     )
 
 
+def _text2img_eps_recipe() -> Recipe:
+    """Chapter 6's first model: the same network and data, trained the way SD 1.x was (eps-prediction on SD's
+    scaled-linear schedule, whose x_999 keeps sqrt(alpha_bar_999) = 0.068 of the image), no EMA, AdamW's default
+    kernel. Chapter 6 measures its signal leak; ``text2img`` is the fix (zero terminal SNR, v-prediction)."""
+    from . import text2img
+
+    base = _text2img_recipe()
+    config = {"unet": base.config["unet"], "text": base.config["text"]}
+    return dataclasses.replace(
+        base, name="text2img-eps", config=config, schedule=NoiseSchedule(), ema_decay=None, fused_optimizer=False,
+        steps=1700, loss_fn=functools.partial(text2img.text2img_loss, object_by_signal=False, snr_weighting=None),
+        description="chapter 6's first model: word-level text encoder + small SDUNet on 32x32 captioned shapes, "
+                    "eps-prediction on SD's noise schedule (signal leak), no EMA, caption dropout 10 %, object pixels "
+                    f"weighted x{1 + text2img.OBJECT_WEIGHT:g}, grounding loss",
+    )
+
+
 #: optimiser steps and EMA decay of the text-to-image recipes
 TEXT2IMG_STEPS = 1700
 TEXT2IMG_EMA_DECAY = 0.995
@@ -204,6 +222,7 @@ for _recipe in _simple_recipes():
     register_recipe(_recipe)
 _LAZY["text2img"] = _text2img_recipe
 _LAZY["text2img-nogrounding"] = lambda: _text2img_recipe("text2img-nogrounding", grounding=False)
+_LAZY["text2img-eps"] = _text2img_eps_recipe
 
 # chapter 7: the ControlNet recipe lives in its own module, imported the first time the name is looked up
 _LAZY["controlnet"] = lambda: __import__("unetlab.controlnet_train", fromlist=["controlnet_recipe"]).controlnet_recipe()

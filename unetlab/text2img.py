@@ -324,9 +324,34 @@ def grounding_loss(probs: Sequence[torch.Tensor], tokens: torch.Tensor, masks: t
     return torch.stack(losses).mean()
 
 
+def snr_weight(schedule: NoiseSchedule, t: torch.Tensor, kind: str | None) -> torch.Tensor | None:
+    """Per-image loss weight ``(B,)`` over timesteps ``t`` ``(B,)`` for the schedule's target (None: equal weights).
+
+    * ``"min_snr_5"``: Min-SNR-γ (Hang et al. 2023, γ = 5), written for the schedule's target: the x₀ error is
+      weighted by ``min(SNR, 5)``; for v that is ``min(SNR, 5) / (SNR + 1)``, for ε ``min(SNR, 5) / SNR``.
+    * ``"eps"``: the weighting of an ε-loss, whatever the target: ``SNR / (SNR + 1) = alpha_bar_t`` for v.
+    """
+    if kind is None:
+        return None
+    # (B,) SNR_t = alpha_bar_t / (1 - alpha_bar_t)
+    abar = schedule.alphas_cumprod[t]
+    snr = abar / (1 - abar).clamp_min(1e-12)
+    # weight on the x0 error the schedule's own loss already applies: v -> SNR + 1, eps -> SNR, x0 -> 1
+    own = {"v_prediction": snr + 1, "epsilon": snr, "sample": torch.ones_like(snr)}[schedule.prediction_type]
+    if kind == "min_snr_5":
+        return snr.clamp(max=5.0) / own.clamp_min(1e-12)
+    if kind == "eps":
+        return snr / own.clamp_min(1e-12)
+    if isinstance(kind, str) and kind.startswith("vcap_"):
+        return (snr.clamp(max=float(kind[5:])) + 1) / own.clamp_min(1e-12)
+    if isinstance(kind, float):
+        return (snr + kind) / own.clamp_min(1e-12)
+    raise ValueError(f"snr weighting must be None, 'min_snr_5' or 'eps', got {kind!r}")
+
+
 def text2img_loss(model: TextToImage, batch: dict, schedule: NoiseSchedule, generator: torch.Generator, *,
                   grounding_weight: float | None = None, object_extra: float | None = None,
-                  object_by_signal: bool | None = None) -> torch.Tensor:
+                  object_by_signal: bool | None = None, snr_weighting: str | None = None) -> torch.Tensor:
     """Diffusion loss (weighted by :func:`object_weight`) with caption dropout, plus
     ``grounding_weight`` × :func:`grounding_loss`.
 
@@ -351,6 +376,11 @@ def text2img_loss(model: TextToImage, batch: dict, schedule: NoiseSchedule, gene
     if "masks" in batch:
         weight = object_weight(batch["masks"], object_extra,
                                scale=schedule.alphas_cumprod[t] if by_signal else None)
+    per_image = snr_weight(schedule, t, snr_weighting)
+    if per_image is not None:
+        # (B, 1, 1, 1) times the per-pixel weight
+        per_image = per_image.reshape(-1, 1, 1, 1)
+        weight = per_image if weight is None else weight * per_image
     handles = []
     if use_grounding:
         handles = [m.register_probs_hook(lambda module, p: probs.append(p[keep]))
