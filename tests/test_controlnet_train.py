@@ -201,3 +201,51 @@ def test_a_v_prediction_zero_snr_base_trains_and_samples_on_its_own_schedule(mod
     model.schedule = NoiseSchedule(rescale_betas_zero_snr=True, prediction_type="v_prediction")
     x = generate_controlled(model, b["captions"][:2], b["controls"][:2], num_inference_steps=3)
     assert x.shape == (2, 3, 32, 32) and bool(torch.isfinite(x).all())
+
+
+def test_object_iou_reads_the_held_out_images_and_sees_a_shift():
+    """The reading's ceiling: clean held-out images score near 1 against their own masks; shifted ones do not."""
+    from unetlab.controlnet_train import object_iou
+    from unetlab.data import HELDOUT_SEED, make_shapes
+
+    b = make_shapes(24, seed=HELDOUT_SEED)
+    masks = b.masks[:, 0] > 0.5
+    own = object_iou(b.images, masks)
+    assert own.shape == (24,) and float(own.mean()) > 0.9
+    # every object moved 8 pixels right and down: most of it leaves its mask
+    moved = object_iou(torch.roll(b.images, shifts=(8, 8), dims=(2, 3)), masks)
+    assert float(moved.mean()) < float(own.mean()) - 0.3
+    with pytest.raises(ValueError, match="masks must be"):
+        object_iou(b.images, masks[:3])
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        object_iou(b.images[:, :1], masks)
+
+
+def test_control_iou_reports_the_reference_and_can_skip_the_baseline(model):
+    result = control_iou(model, n=3, num_inference_steps=2, baseline=False)
+    assert result["without"] is None and result["difference"] is None and result["images_without"] is None
+    mean, lo, hi = result["reference"]
+    assert 0.0 <= lo <= mean <= hi <= 1.0
+    assert torch.equal(result["iou_reference"] > 0.5, torch.ones(3, dtype=torch.bool))
+
+
+def test_text_vs_control_pairs_captions_with_controls_from_another_cell(model):
+    from unetlab.controlnet_train import CONFLICT_ATTRIBUTES, text_vs_control
+
+    result = text_vs_control(model, n=5, num_inference_steps=2)
+    caps, ctls = result["caption_labels"], result["control_labels"]
+    # every pair disagrees on the cell, and the control really is image j's
+    assert all(c.position != k.position for c, k in zip(caps, ctls))
+    assert all(i != j for i, j in result["pairs"])
+    from unetlab.data import HELDOUT_SEED, make_shapes
+    b = make_shapes(5, seed=HELDOUT_SEED)
+    assert torch.equal(result["controls"], control_image(b.masks[[j for _, j in result["pairs"]]], "mask"))
+    for attr in CONFLICT_ATTRIBUTES:
+        f = result["follows"][attr]
+        n = f["control"]["n"]
+        assert f["control"]["k"] + f["caption"]["k"] + f["neither"]["k"] == n
+        expected = sum(getattr(c, attr) != getattr(k, attr) for c, k in zip(caps, ctls))
+        assert n == expected
+    assert result["follows"]["position"]["control"]["n"] == 5
+    with pytest.raises(ValueError, match="at least 2"):
+        text_vs_control(model, n=1)
