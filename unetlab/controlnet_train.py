@@ -60,7 +60,7 @@ from .schedule import NoiseSchedule
 __all__ = [
     "CONTROL_KINDS", "CONTROL_CAPTION_DROPOUT", "CONTROLNET_CONFIG", "control_image", "base_schedule",
     "ControlledTextToImage", "build_controlled", "controlnet_batch", "controlnet_loss", "controlnet_recipe",
-    "generate_controlled", "object_iou", "control_iou", "CONFLICT_ATTRIBUTES", "text_vs_control", "load_controlnet_checkpoint",
+    "generate_controlled", "mean_interval", "object_iou", "control_iou", "CONFLICT_ATTRIBUTES", "text_vs_control", "load_controlnet_checkpoint",
 ]
 
 #: what the control image shows: the shape's filled mask, or its outline (edge map)
@@ -367,8 +367,15 @@ def generate_controlled(
     return sampler.sample(model_fn, (B, unet.config.in_channels, size, size), generator=generator, progress=False)
 
 
-def _mean_ci(values: torch.Tensor, low: float = 0.0, high: float = 1.0) -> tuple[float, float, float]:
-    """Mean and its normal-approximation 95 % interval ``mean ± 1.96 · sd / √n``, clipped to [low, high]."""
+def mean_interval(values: torch.Tensor, low: float = 0.0, high: float = 1.0) -> tuple[float, float, float]:
+    """Mean of ``values`` (any shape, ≥ 1 element) and its normal-approximation 95 % interval.
+
+    Returns ``(mean, lo, hi)`` with ``lo, hi = mean ∓ 1.96 · sd / √n`` clipped to ``[low, high]`` (the range
+    the values can take: [0, 1] for IoUs); ``lo`` and ``hi`` are NaN for a single value.
+    """
+    if not isinstance(values, torch.Tensor) or values.numel() == 0:
+        raise ValueError(f"values must be a non-empty tensor, got {values!r}")
+    values = values.detach().float().flatten()
     n = values.numel()
     mean = float(values.mean())
     if n < 2:
@@ -453,10 +460,10 @@ def control_iou(
     iou_reference = object_iou(batch.images, masks)
     return {
         "n": n, "kind": kind,
-        "with": _mean_ci(iou_with),
-        "without": _mean_ci(iou_without) if baseline else None,
-        "difference": _mean_ci(iou_with - iou_without, -1.0, 1.0) if baseline else None,
-        "reference": _mean_ci(iou_reference),
+        "with": mean_interval(iou_with),
+        "without": mean_interval(iou_without) if baseline else None,
+        "difference": mean_interval(iou_with - iou_without, -1.0, 1.0) if baseline else None,
+        "reference": mean_interval(iou_reference),
         "iou_with": iou_with, "iou_without": iou_without, "iou_reference": iou_reference,
         "images_with": images_with, "images_without": images_without, "masks": masks, "controls": controls,
         "captions": captions, "labels": list(batch.labels),
@@ -544,6 +551,6 @@ def text_vs_control(
     iou = object_iou(images, batch.masks[partners][:, 0] > 0.5)
     return {
         "n": n, "kind": kind, "pairs": list(zip(range(n), partners)), "follows": follows,
-        "iou_control": _mean_ci(iou), "iou": iou, "images": images, "controls": controls, "captions": captions,
+        "iou_control": mean_interval(iou), "iou": iou, "images": images, "controls": controls, "captions": captions,
         "caption_labels": labels, "control_labels": control_labels, "readings": readings,
     }
