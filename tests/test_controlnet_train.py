@@ -257,8 +257,10 @@ def test_text_vs_control_pairs_captions_with_controls_from_another_cell(model):
 
 #: held-out controls the shipped ControlNet is measured on (the issue asks for at least 96)
 N_HELDOUT_CONTROLS = 96
-#: floor for the mean IoU with the control: the issue's target (set a little below the measured value)
-IOU_FLOOR = 0.7
+#: the issue's target for the mean IoU with the control
+IOU_TARGET = 0.7
+#: floor a little below the shipped ControlNet's measured value (0.893, interval 0.876-0.910, on 2026-11-29)
+IOU_FLOOR = 0.85
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +300,7 @@ def test_shipped_controlnet_meets_its_iou_target(shipped_iou):
     r = shipped_iou
     assert r["n"] == N_HELDOUT_CONTROLS and r["iou_with"].shape == (N_HELDOUT_CONTROLS,)
     mean, lo, hi = r["with"]
-    assert mean >= IOU_FLOOR, f"IoU with control {mean:.3f} ({lo:.3f}-{hi:.3f}) below {IOU_FLOOR}"
+    assert mean >= IOU_FLOOR >= IOU_TARGET, f"IoU with control {mean:.3f} ({lo:.3f}-{hi:.3f}) below {IOU_FLOOR}"
     # the control is what makes it: the paired difference's interval excludes 0
     d_mean, d_lo, d_hi = r["difference"]
     assert d_lo > 0, f"with - without = {d_mean:.3f} ({d_lo:.3f}-{d_hi:.3f}): the interval reaches 0"
