@@ -1,6 +1,8 @@
 """The ControlNet recipe of chapter 7 (unetlab.controlnet_train), on the shipped text-to-image model.
 
-Short runs only: the trained checkpoint and its IoU target come with the retrained base model.
+Short training runs check the code; the shipped ControlNet (data/controlnet.safetensors, made by
+``python -m unetlab train controlnet --threads 1``) is checked against its measured target: IoU with the
+control mask >= 0.7 on 96 held-out controls, above the same captions sampled without control.
 """
 import json
 import subprocess
@@ -201,3 +203,113 @@ def test_a_v_prediction_zero_snr_base_trains_and_samples_on_its_own_schedule(mod
     model.schedule = NoiseSchedule(rescale_betas_zero_snr=True, prediction_type="v_prediction")
     x = generate_controlled(model, b["captions"][:2], b["controls"][:2], num_inference_steps=3)
     assert x.shape == (2, 3, 32, 32) and bool(torch.isfinite(x).all())
+
+
+def test_object_iou_reads_the_held_out_images_and_sees_a_shift():
+    """The reading's ceiling: clean held-out images score near 1 against their own masks; shifted ones do not."""
+    from unetlab.controlnet_train import object_iou
+    from unetlab.data import HELDOUT_SEED, make_shapes
+
+    b = make_shapes(24, seed=HELDOUT_SEED)
+    masks = b.masks[:, 0] > 0.5
+    own = object_iou(b.images, masks)
+    assert own.shape == (24,) and float(own.mean()) > 0.9
+    # every object moved 8 pixels right and down: most of it leaves its mask
+    moved = object_iou(torch.roll(b.images, shifts=(8, 8), dims=(2, 3)), masks)
+    assert float(moved.mean()) < float(own.mean()) - 0.3
+    with pytest.raises(ValueError, match="masks must be"):
+        object_iou(b.images, masks[:3])
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        object_iou(b.images[:, :1], masks)
+
+
+def test_control_iou_reports_the_reference_and_can_skip_the_baseline(model):
+    result = control_iou(model, n=3, num_inference_steps=2, baseline=False)
+    assert result["without"] is None and result["difference"] is None and result["images_without"] is None
+    mean, lo, hi = result["reference"]
+    assert 0.0 <= lo <= mean <= hi <= 1.0
+    assert torch.equal(result["iou_reference"] > 0.5, torch.ones(3, dtype=torch.bool))
+
+
+def test_text_vs_control_pairs_captions_with_controls_from_another_cell(model):
+    from unetlab.controlnet_train import CONFLICT_ATTRIBUTES, text_vs_control
+
+    result = text_vs_control(model, n=5, num_inference_steps=2)
+    caps, ctls = result["caption_labels"], result["control_labels"]
+    # every pair disagrees on the cell, and the control really is image j's
+    assert all(c.position != k.position for c, k in zip(caps, ctls))
+    assert all(i != j for i, j in result["pairs"])
+    from unetlab.data import HELDOUT_SEED, make_shapes
+    b = make_shapes(5, seed=HELDOUT_SEED)
+    assert torch.equal(result["controls"], control_image(b.masks[[j for _, j in result["pairs"]]], "mask"))
+    for attr in CONFLICT_ATTRIBUTES:
+        f = result["follows"][attr]
+        n = f["control"]["n"]
+        assert f["control"]["k"] + f["caption"]["k"] + f["neither"]["k"] == n
+        expected = sum(getattr(c, attr) != getattr(k, attr) for c, k in zip(caps, ctls))
+        assert n == expected
+    assert result["follows"]["position"]["control"]["n"] == 5
+    with pytest.raises(ValueError, match="at least 2"):
+        text_vs_control(model, n=1)
+
+
+# --- the shipped ControlNet -----------------------------------------------------------------------------------
+
+#: held-out controls the shipped ControlNet is measured on (the issue asks for at least 96)
+N_HELDOUT_CONTROLS = 96
+#: the issue's target for the mean IoU with the control
+IOU_TARGET = 0.7
+#: floor a little below the shipped ControlNet's measured value (0.893, interval 0.876-0.910, on 2026-11-29)
+IOU_FLOOR = 0.85
+
+
+@pytest.fixture(scope="module")
+def shipped(base):
+    return load_controlnet_checkpoint("controlnet", base=base)
+
+
+@pytest.fixture(scope="module")
+def shipped_iou(shipped):
+    return control_iou(shipped, n=N_HELDOUT_CONTROLS)
+
+
+def test_shipped_controlnet_is_pinned_to_the_shipped_base():
+    from unetlab.checkpoints import read_manifest
+
+    manifest = read_manifest()
+    entry = manifest["controlnet"]
+    assert entry["recipe"] == "controlnet" and entry["command"].startswith("python -m unetlab train controlnet")
+    # trained on exactly the text2img that data/ ships: a retrained base needs a retrained ControlNet
+    assert entry["config"]["base_sha256"] == manifest["text2img"]["sha256"]
+    assert entry["config"]["base"] == "text2img" and entry["config"]["control"] == "mask"
+    # loading it without a base checks that sha256 itself
+    assert isinstance(load_controlnet_checkpoint("controlnet"), ControlledTextToImage)
+
+
+def test_shipped_controlnet_is_trained(shipped):
+    """Its zero convolutions left zero: the residuals are not zero any more."""
+    b = controlnet_batch(0, 2)
+    x, t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([300, 700])
+    with torch.no_grad():
+        down, mid = shipped.controlnet(x, t, shipped.encode(b["captions"]), b["controls"])
+    assert all(torch.count_nonzero(r) > 0 for r in (*down, mid))
+
+
+def test_shipped_controlnet_meets_its_iou_target(shipped_iou):
+    """IoU between the sampled object and the control mask on 96 held-out controls, with 95 % intervals."""
+    r = shipped_iou
+    assert r["n"] == N_HELDOUT_CONTROLS and r["iou_with"].shape == (N_HELDOUT_CONTROLS,)
+    mean, lo, hi = r["with"]
+    assert mean >= IOU_FLOOR >= IOU_TARGET, f"IoU with control {mean:.3f} ({lo:.3f}-{hi:.3f}) below {IOU_FLOOR}"
+    # the control is what makes it: the paired difference's interval excludes 0
+    d_mean, d_lo, d_hi = r["difference"]
+    assert d_lo > 0, f"with - without = {d_mean:.3f} ({d_lo:.3f}-{d_hi:.3f}): the interval reaches 0"
+    # and the reading itself is not the limit: the held-out images score above the samples
+    assert r["reference"][0] > r["without"][0]
+
+
+def test_shipped_controlnet_conditioning_scale_zero_is_the_base(shipped):
+    b = controlnet_batch(0, 2)
+    kw = dict(num_inference_steps=3, seed=0)
+    assert torch.equal(generate_controlled(shipped, b["captions"], b["controls"], conditioning_scale=0.0, **kw),
+                       generate_controlled(shipped, b["captions"], None, **kw))

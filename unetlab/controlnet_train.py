@@ -29,12 +29,19 @@ At initialisation the ControlNet changes nothing
     model's exactly (``tests/test_controlnet_train.py`` checks it). The zero convolutions still get
     gradients (their input is not zero), so training moves them first.
 
-Evaluation (:func:`control_iou`)
-    For ``n`` held-out controls (images ``0 … n-1`` of :data:`unetlab.data.HELDOUT_SEED`), sample one
-    image with the control and one with the same caption, seed and sampler but without it; read the object
-    off the pixels (:func:`unetlab.text2img.foreground_mask`) and compute its IoU with the control's
-    mask. Reported: the two means with 95 % intervals and the paired difference with its 95 % interval
-    (mean ± 1.96 · sd / √n).
+Evaluation (:func:`control_iou`, :func:`text_vs_control`)
+    :func:`control_iou`: for ``n`` held-out controls (images ``0 … n-1`` of :data:`unetlab.data.HELDOUT_SEED`),
+    sample one image with the control and one with the same caption, seed and sampler but without it; read
+    the object off the pixels (:func:`unetlab.text2img.foreground_mask`: the largest bright region unlike the
+    background) and compute its IoU with the control's mask. :mod:`unetlab.ruler` reads the object's
+    colour, shape, cell and size but exposes no object mask, so the pixels come from ``foreground_mask``;
+    its ceiling is reported too (``"reference"``: the same reading on the held-out images themselves).
+    Reported: the two means with 95 % intervals and the paired difference with its 95 % interval
+    (mean ± 1.96 · sd / √n, clipped to the values' range).
+
+    :func:`text_vs_control`: the caption of held-out image ``i`` with the control of another held-out image
+    ``j`` whose 3×3 cell differs. The ruler reads where the object went (cell), its shape and size: does each
+    follow the control or the caption? (The mask carries no colour: the colour can only come from the caption.)
 """
 from __future__ import annotations
 
@@ -53,7 +60,7 @@ from .schedule import NoiseSchedule
 __all__ = [
     "CONTROL_KINDS", "CONTROL_CAPTION_DROPOUT", "CONTROLNET_CONFIG", "control_image", "base_schedule",
     "ControlledTextToImage", "build_controlled", "controlnet_batch", "controlnet_loss", "controlnet_recipe",
-    "generate_controlled", "control_iou", "load_controlnet_checkpoint",
+    "generate_controlled", "mean_interval", "object_iou", "control_iou", "CONFLICT_ATTRIBUTES", "text_vs_control", "load_controlnet_checkpoint",
 ]
 
 #: what the control image shows: the shape's filled mask, or its outline (edge map)
@@ -360,12 +367,53 @@ def generate_controlled(
     return sampler.sample(model_fn, (B, unet.config.in_channels, size, size), generator=generator, progress=False)
 
 
-def _mean_ci(values: torch.Tensor) -> tuple[float, float, float]:
-    """Mean and its normal-approximation 95 % interval ``mean ± 1.96 · sd / √n``."""
+def mean_interval(values: torch.Tensor, low: float = 0.0, high: float = 1.0) -> tuple[float, float, float]:
+    """Mean of ``values`` (any shape, ≥ 1 element) and its normal-approximation 95 % interval.
+
+    Returns ``(mean, lo, hi)`` with ``lo, hi = mean ∓ 1.96 · sd / √n`` clipped to ``[low, high]`` (the range
+    the values can take: [0, 1] for IoUs); ``lo`` and ``hi`` are NaN for a single value.
+    """
+    if not isinstance(values, torch.Tensor) or values.numel() == 0:
+        raise ValueError(f"values must be a non-empty tensor, got {values!r}")
+    values = values.detach().float().flatten()
     n = values.numel()
     mean = float(values.mean())
-    half = 1.96 * float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
-    return mean, mean - half, mean + half
+    if n < 2:
+        # one value: no spread to estimate
+        return mean, float("nan"), float("nan")
+    half = 1.96 * float(values.std(unbiased=True)) / math.sqrt(n)
+    return mean, max(low, mean - half), min(high, mean + half)
+
+
+def object_iou(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """IoU ``(B,)`` in [0, 1] between the object read off each image and a target mask.
+
+    ``images`` ``(B, 3, H, W)`` in [-1, 1]; ``masks`` ``(B, H, W)`` boolean (or {0, 1}). The object is
+    :func:`unetlab.text2img.foreground_mask` (the largest connected region of bright pixels unlike the
+    image's median colour); an image with no object scores 0 against a non-empty mask.
+    Raises ``ValueError`` when the batch sizes or sides differ.
+    """
+    from .text2img import foreground_mask, mask_iou
+
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}")
+    if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != (images.shape[0], *images.shape[2:]):
+        raise ValueError(f"masks must be ({images.shape[0]}, {images.shape[2]}, {images.shape[3]}) to match the images, "
+                         f"got {getattr(masks, 'shape', type(masks).__name__)}")
+    # (B, H, W) the objects read off the pixels
+    read = torch.stack([foreground_mask(img) for img in images])
+    return mask_iou(read, masks.bool())
+
+
+def _sample_in_chunks(model, captions, controls, batch_size: int, sample_seed: int, **kw) -> torch.Tensor:
+    """:func:`generate_controlled` over chunks of ``batch_size``; chunk starting at ``k`` uses seed ``sample_seed + k``."""
+    images = []
+    for start in range(0, len(captions), batch_size):
+        stop = min(len(captions), start + batch_size)
+        images.append(generate_controlled(model, captions[start:stop],
+                                          None if controls is None else controls[start:stop],
+                                          seed=sample_seed + start, **kw))
+    return torch.cat(images)
 
 
 def control_iou(
@@ -379,16 +427,20 @@ def control_iou(
     sample_seed: int = 0,
     batch_size: int = 48,
     conditioning_scale: float = 1.0,
+    guess_mode: bool = False,
+    baseline: bool = True,
 ) -> dict:
     """IoU between the sampled object and the control's mask, with and without the control (see the module docstring).
 
     ``kind``: the control ("mask" / "edges"; default: the one the model's config was trained with, else
-    "mask"). Returns ``{"n", "with": (mean, lo, hi), "without": (mean, lo, hi), "difference": (mean, lo, hi),
-    "iou_with" (n,), "iou_without" (n,), "images_with", "images_without" (n, 3, 32, 32), "masks" (n, 32, 32),
-    "captions"}``; IoUs in [0, 1].
+    "mask"). ``conditioning_scale`` and ``guess_mode`` go to :func:`generate_controlled` for the controlled
+    arm; ``baseline=False`` skips the arm without control (its entries are then ``None``). Returns
+    ``{"n", "kind", "with": (mean, lo, hi), "without": (mean, lo, hi), "difference": (mean, lo, hi) (with −
+    without, paired), "reference": (mean, lo, hi) (the held-out images themselves: the reading's ceiling),
+    "iou_with" (n,), "iou_without" (n,), "iou_reference" (n,), "images_with", "images_without"
+    (n, 3, 32, 32), "masks" (n, 32, 32) bool, "controls" (n, 1, 32, 32), "captions", "labels"}``; IoUs in
+    [0, 1], intervals: mean ± 1.96 · sd / √n.
     """
-    from .text2img import foreground_mask, mask_iou
-
     n = _check_positive("n", n)
     batch_size = _check_positive("batch_size", batch_size)
     kind = kind or getattr(model, "control_kind", "mask")
@@ -396,21 +448,109 @@ def control_iou(
     controls = control_image(batch.masks, kind)
     # (n, H, W): the target the object should fill
     masks = batch.masks[:, 0] > 0.5
-    captions = batch.captions
-    arms = {}
-    for arm, use in (("with", True), ("without", False)):
-        images = []
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            images.append(generate_controlled(
-                model, captions[start:stop], controls[start:stop] if use else None, guidance_scale=guidance_scale,
-                num_inference_steps=num_inference_steps, seed=sample_seed + start, conditioning_scale=conditioning_scale))
-        arms[arm] = torch.cat(images)
-    ious = {arm: mask_iou(torch.stack([foreground_mask(img) for img in arms[arm]]), masks) for arm in arms}
+    captions = list(batch.captions)
+    kw = dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps)
+    images_with = _sample_in_chunks(model, captions, controls, batch_size, sample_seed,
+                                    conditioning_scale=conditioning_scale, guess_mode=guess_mode, **kw)
+    iou_with = object_iou(images_with, masks)
+    images_without = iou_without = None
+    if baseline:
+        images_without = _sample_in_chunks(model, captions, None, batch_size, sample_seed, **kw)
+        iou_without = object_iou(images_without, masks)
+    iou_reference = object_iou(batch.images, masks)
     return {
         "n": n, "kind": kind,
-        "with": _mean_ci(ious["with"]), "without": _mean_ci(ious["without"]),
-        "difference": _mean_ci(ious["with"] - ious["without"]),
-        "iou_with": ious["with"], "iou_without": ious["without"],
-        "images_with": arms["with"], "images_without": arms["without"], "masks": masks, "captions": captions,
+        "with": mean_interval(iou_with),
+        "without": mean_interval(iou_without) if baseline else None,
+        "difference": mean_interval(iou_with - iou_without, -1.0, 1.0) if baseline else None,
+        "reference": mean_interval(iou_reference),
+        "iou_with": iou_with, "iou_without": iou_without, "iou_reference": iou_reference,
+        "images_with": images_with, "images_without": images_without, "masks": masks, "controls": controls,
+        "captions": captions, "labels": list(batch.labels),
+    }
+
+
+#: what :func:`text_vs_control` asks of each sample: the attributes a mask carries (and the colour, which it does not)
+CONFLICT_ATTRIBUTES = ("position", "shape", "size", "colour")
+
+
+def _partners(labels) -> list[int]:
+    """For each label ``i`` the nearest later index ``j`` (cyclically) whose 3×3 cell differs."""
+    n = len(labels)
+    out = []
+    for i in range(n):
+        j = next((i + k) % n for k in range(1, n) if labels[(i + k) % n].position != labels[i].position)
+        out.append(j)
+    return out
+
+
+def text_vs_control(
+    model: ControlledTextToImage,
+    n: int = 48,
+    *,
+    kind: str | None = None,
+    seed: int = HELDOUT_SEED,
+    guidance_scale: float = 3.0,
+    num_inference_steps: int = 25,
+    sample_seed: int = 0,
+    batch_size: int = 48,
+    conditioning_scale: float = 1.0,
+    guess_mode: bool = False,
+) -> dict:
+    """When the caption and the control disagree, which one does the sample follow?
+
+    Held-out images ``0 … n-1`` of stream ``seed``; sample ``i`` gets the caption of image ``i`` and the
+    control of image ``j`` = the next held-out image (cyclically) in another 3×3 cell, so the position
+    always disagrees; shape and size disagree where the two images' labels do. Each sample is read with
+    :func:`unetlab.ruler.read_image`. For each attribute of :data:`CONFLICT_ATTRIBUTES`, over the pairs
+    where caption and control differ in it, the share of samples whose reading equals the control's value,
+    the caption's, or neither — each ``{"rate", "k", "n", "low", "high"}`` with a 95 % Wilson interval. A
+    mask has no colour: for ``"colour"`` the control's value is the colour of image ``j`` (it should not be
+    followed). Also the IoU of each sample's object with the control's mask (:func:`object_iou`).
+
+    Returns ``{"n", "pairs" [(i, j)], "follows": {attribute: {"control", "caption", "neither"}},
+    "iou_control": (mean, lo, hi), "images" (n, 3, 32, 32), "controls" (n, 1, 32, 32), "captions",
+    "caption_labels", "control_labels", "readings"}``. Needs ``n >= 2`` and two cells among the images.
+    """
+    from .ruler import read_image, wilson_interval
+
+    n = _check_positive("n", n)
+    if n < 2:
+        raise ValueError(f"n must be at least 2 (each caption needs another image's control), got {n}")
+    batch_size = _check_positive("batch_size", batch_size)
+    kind = kind or getattr(model, "control_kind", "mask")
+    batch = make_shapes(n, seed=seed)
+    labels = list(batch.labels)
+    if len({lab.position for lab in labels}) < 2:
+        raise ValueError(f"the first {n} held-out images all lie in one cell: take a larger n")
+    partners = _partners(labels)
+    # (n, 1, H, W): image j's control for caption i
+    controls = control_image(batch.masks[partners], kind)
+    captions = list(batch.captions)
+    images = _sample_in_chunks(model, captions, controls, batch_size, sample_seed, guidance_scale=guidance_scale,
+                               num_inference_steps=num_inference_steps, conditioning_scale=conditioning_scale,
+                               guess_mode=guess_mode)
+    readings = [read_image(img) for img in images]
+    control_labels = [labels[j] for j in partners]
+    follows = {}
+    for attr in CONFLICT_ATTRIBUTES:
+        counts = {"control": 0, "caption": 0, "neither": 0}
+        total = 0
+        for r, cap, ctl in zip(readings, labels, control_labels):
+            want_caption, want_control = getattr(cap, attr), getattr(ctl, attr)
+            if want_caption == want_control:
+                continue
+            total += 1
+            got = getattr(r, attr)
+            counts["control" if got == want_control else "caption" if got == want_caption else "neither"] += 1
+        follows[attr] = {}
+        for who, k in counts.items():
+            low, high = wilson_interval(k, total) if total else (float("nan"), float("nan"))
+            follows[attr][who] = {"rate": k / total if total else float("nan"), "k": k, "n": total,
+                                  "low": low, "high": high}
+    iou = object_iou(images, batch.masks[partners][:, 0] > 0.5)
+    return {
+        "n": n, "kind": kind, "pairs": list(zip(range(n), partners)), "follows": follows,
+        "iou_control": mean_interval(iou), "iou": iou, "images": images, "controls": controls, "captions": captions,
+        "caption_labels": labels, "control_labels": control_labels, "readings": readings,
     }
