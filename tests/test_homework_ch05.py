@@ -207,6 +207,20 @@ def test_word_swap_reference_passes_and_changes_the_image(small_model):
     assert (edited - plain).abs().mean() > 1e-3 and (edited - src).abs().mean() > 1e-3
 
 
+def test_swap_sample_samples_the_model_as_it_was_trained(small_model):
+    # the model's own sampler (schedule, prediction type, spacing): the same image as generate() gives
+    from unetlab.homework.ch05 import SWAP_GUIDANCE, SWAP_STEPS
+    from unetlab.text2img import generate
+
+    prompt = "a small blue triangle at the top"
+    steps = []
+    image = swap_sample(small_model, prompt, 3, on_step=steps.append)
+    expected = generate(small_model, prompt, guidance_scale=SWAP_GUIDANCE, num_inference_steps=SWAP_STEPS, seed=3)
+    assert torch.allclose(image, expected, atol=1e-5)
+    assert steps == [int(t) for t in small_model.make_sampler(SWAP_STEPS).timesteps]
+    assert len(steps) == SWAP_STEPS
+
+
 def test_word_swap_stub_is_not_attempted(small_model):
     def word_swap(model, source, target, seed):
         raise NotImplementedError

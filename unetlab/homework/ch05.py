@@ -644,12 +644,13 @@ def swap_sample(model, prompt: str, seed: int, on_step: Callable[[int], None] | 
     """One image ``(1, 3, 32, 32)`` of the small text-to-image model: DDIM, :data:`SWAP_STEPS` steps,
     classifier-free guidance :data:`SWAP_GUIDANCE`, starting noise from ``torch.Generator().manual_seed(seed)``.
 
-    The guided UNet call runs on the batch ``[empty prompt; prompt]`` (row 1 is the text half).
+    The sampler is the model's own (:meth:`unetlab.text2img.TextToImage.make_sampler`): its noise schedule,
+    its ``prediction_type`` (v for the shipped model) and its timestep spacing ("trailing" on a zero-terminal-SNR
+    schedule). The guided UNet call runs on the batch ``[empty prompt; prompt]`` (row 1 is the text half);
+    guidance combines the two halves of the raw output linearly, whatever it predicts.
     ``on_step(t)`` (an int timestep) is called before each UNet call: set a step label or a hook's state there.
     """
     from ..guidance import guided_eps
-    from ..samplers import DDIMSampler
-    from ..schedule import NoiseSchedule
 
     with torch.no_grad():
         # (1, L, D) each
@@ -660,7 +661,8 @@ def swap_sample(model, prompt: str, seed: int, on_step: Callable[[int], None] | 
                 on_step(int(t.reshape(-1)[0]))
             return guided_eps(model.unet, x, t, text, empty, guidance_scale=SWAP_GUIDANCE)
 
-        sampler = DDIMSampler(NoiseSchedule(), num_inference_steps=SWAP_STEPS)
+        # the model's schedule, prediction type and timestep spacing (a fresh NoiseSchedule() would be SD's eps one)
+        sampler = model.make_sampler(SWAP_STEPS)
         return sampler.sample(model_fn, (1, 3, 32, 32), generator=torch.Generator().manual_seed(seed), progress=False)
 
 
