@@ -13,21 +13,20 @@ from unetlab.text2img import (
 from unetlab.train import get_recipe
 
 # Rates on the shipped checkpoint over N_CAPTIONS held-out captions x SAMPLE_SEEDS (guidance s = 3, 25 DDIM
-# steps, trailing timesteps), read by unetlab.ruler. Measured 2026-11-29 on 192 images (95 % Wilson intervals):
-# colour 192/192, shape 122/192 = 0.635 (0.565-0.700), position 192/192, size 192/192, exactly one object
-# 191/192 = 0.995 (0.971-0.999), all right with one object 121/192 = 0.630 (0.560-0.695); shape-word IoU 0.524
-# (64 images); background residual RMS 0.050, brightest channel 0.183 on average (training: <= 0.35).
-# FLOORS sit a little below what was measured; ISSUE_TARGETS are issue 12's, and the ones the checkpoint does
-# not reach yet are strict xfails (they fail as soon as a retrained checkpoint reaches them: raise the floor).
+# steps, trailing timesteps), read by unetlab.ruler. Measured 2026-11-29 on 192 images: colour, shape, size and
+# exactly one object 192/192, position 190/192 = 0.990, all right with one object 190/192 = 0.990; shape-word IoU
+# 0.579 (64 images); background residual RMS 0.037, brightest channel 0.213 on average (48 images; training:
+# <= 0.35, a clean gradient 0.0002). FLOORS sit a little below what was measured and at or above issue 12's
+# targets (ISSUE_TARGETS); the IoU target, not reached, is a strict xfail (it fails once a retrained checkpoint
+# reaches it: then raise MIN_IOU).
 N_CAPTIONS = 96
 SAMPLE_SEEDS = (0, 1)
-FLOORS = {"colour": 0.97, "shape": 0.55, "position": 0.95, "size": 0.95, "one_object": 0.95, "all_one": 0.55}
+FLOORS = {"colour": 0.97, "shape": 0.95, "position": 0.95, "size": 0.95, "one_object": 0.97, "all_one": 0.93}
 ISSUE_TARGETS = {"colour": 0.97, "shape": 0.90, "position": 0.90, "size": 0.90, "one_object": 0.95, "all_one": 0.85}
-NOT_REACHED = ("shape", "all_one")
-MIN_IOU = 0.45
+MIN_IOU = 0.55
 ISSUE_MIN_IOU = 0.6
-MAX_BACKGROUND_RMS = 0.07
-# the recipe without the grounding loss: measured IoU 0.125 on the same 64 images (its maps do not localise)
+MAX_BACKGROUND_RMS = 0.05
+# the recipe without the grounding loss: measured IoU 0.111 on the same 64 images (its maps do not localise)
 NOGROUNDING_IOU = (0.0, 0.3)
 
 
@@ -326,16 +325,7 @@ def test_shipped_caption_rates(shipped_rates):
     rates = shipped_rates["rates"]
     assert shipped_rates["N"] == N_CAPTIONS * len(SAMPLE_SEEDS)
     for figure, floor in FLOORS.items():
-        assert rates[figure]["rate"] >= floor, (figure, rates[figure])
-    for figure, target in ISSUE_TARGETS.items():
-        if figure not in NOT_REACHED:
-            assert rates[figure]["rate"] >= target, (figure, rates[figure])
-
-
-@pytest.mark.xfail(strict=True, reason="issue 12's shape (0.90) and all-right (0.85) targets: measured 0.635 and 0.630")
-def test_shipped_caption_rates_reach_issue_targets(shipped_rates):
-    rates = shipped_rates["rates"]
-    assert all(rates[f]["rate"] >= ISSUE_TARGETS[f] for f in NOT_REACHED), {f: rates[f]["rate"] for f in NOT_REACHED}
+        assert rates[figure]["rate"] >= max(floor, ISSUE_TARGETS[figure]), (figure, rates[figure])
 
 
 def test_shipped_backgrounds_are_clean(shipped_rates):
@@ -363,7 +353,7 @@ def test_shipped_attention_iou(shipped_iou):
     assert shipped_iou["mean_iou"] >= MIN_IOU, shipped_iou["mean_iou"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12's shape-word IoU target 0.6: measured 0.524")
+@pytest.mark.xfail(strict=True, reason="issue 12's shape-word IoU target 0.6: measured 0.579")
 def test_shipped_attention_iou_reaches_issue_target(shipped_iou):
     assert shipped_iou["mean_iou"] >= ISSUE_MIN_IOU, shipped_iou["mean_iou"]
 

@@ -191,8 +191,8 @@ def _text2img_recipe(name: str = "text2img", grounding: bool = True) -> Recipe:
         ema_decay=TEXT2IMG_EMA_DECAY,
         fused_optimizer=True,
         description="chapters 5-6: word-level text encoder + small SDUNet on 32x32 captioned shapes; v-prediction on "
-                    "a zero-terminal-SNR schedule, EMA weights, caption dropout 10 %, object pixels weighted "
-                    f"x{1 + text2img.OBJECT_WEIGHT:g} in the loss, {what}",
+                    "a zero-terminal-SNR schedule, Min-SNR-5 loss weighting, EMA weights, caption dropout 10 %, object "
+                    f"pixels weighted x{1 + text2img.OBJECT_WEIGHT:g} in the loss, {what}",
     )
 
 
@@ -206,7 +206,7 @@ def _text2img_eps_recipe() -> Recipe:
     config = {"unet": base.config["unet"], "text": base.config["text"]}
     return dataclasses.replace(
         base, name="text2img-eps", config=config, schedule=NoiseSchedule(), ema_decay=None, fused_optimizer=False,
-        steps=1700, loss_fn=functools.partial(text2img.text2img_loss, object_by_signal=False, snr_weighting=None),
+        steps=1700, loss_fn=functools.partial(text2img.text2img_loss, object_by_signal=False, min_snr_gamma=None),
         description="chapter 6's first model: word-level text encoder + small SDUNet on 32x32 captioned shapes, "
                     "eps-prediction on SD's noise schedule (signal leak), no EMA, caption dropout 10 %, object pixels "
                     f"weighted x{1 + text2img.OBJECT_WEIGHT:g}, grounding loss",
