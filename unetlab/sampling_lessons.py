@@ -1,8 +1,11 @@
-"""Chapter 6's evaluation helpers: signal leak, the course's sampling fix, negative prompts, intervals.
+"""Chapter 6's evaluation helpers: signal leak, its sampling-time fixes, negative prompts, rates with intervals.
 
-Additive to :mod:`unetlab.text2img` (which keeps the shipped behaviour): everything here samples the same
-ε-prediction model with :class:`unetlab.samplers.DDIMSampler` and :func:`unetlab.guidance.guided_eps`, but
-lets the caller choose where the chain starts.
+Additive to :mod:`unetlab.text2img` (whose :func:`~unetlab.text2img.generate` keeps the shipped behaviour):
+everything here samples a :class:`~unetlab.text2img.TextToImage` with the sampler the model itself makes
+(:meth:`~unetlab.text2img.TextToImage.make_sampler`: its own noise schedule and ``prediction_type``) and
+:func:`unetlab.guidance.guided_eps`, but lets the caller choose where the chain starts and how the timesteps
+are spaced. Chapter 6 runs it on two models with the same network and data: ``text2img-eps`` (ε-prediction on
+SD's schedule, as SD 1.x was trained) and the retrained ``text2img`` (v-prediction, zero terminal SNR, EMA).
 
 * Signal leak (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed"): SD's
   schedule leaves √ᾱ_999 ≈ 0.068 of the clean image in x_999, so training never shows the model pure noise;
@@ -10,17 +13,19 @@ lets the caller choose where the chain starts.
   :func:`start_noise` builds the starting point of each remedy that can be applied at sampling time:
   ``"noise"`` (pure N(0, I), diffusers' default), ``"mean"`` (x_T = √ᾱ_t0·mean training image + √(1−ᾱ_t0)·z,
   the forward process applied to the data mean) and ``"offset"`` (offset noise z + s·ε_channel, a training-time
-  remedy, measured here at sampling time only to show that it does not help an untrained model).
+  remedy, measured here at sampling time only to show that it does not help a model not trained with it).
+  :data:`EPS_FIX` is the best of them on the ε model, as chapter 6 measures.
 * :func:`sample_images`: one image per caption from a chosen start, spacing and guidance, with an optional
   negative caption per image (its context replaces the unconditional half of the batch, as diffusers'
-  ``negative_prompt``).
-* :func:`accuracy_over_seeds`: caption accuracy over ``n`` held-out captions × several sampling seeds, counts
-  and Wilson 95% intervals (:func:`wilson_interval`).
-* :func:`background_colour`, :func:`noise_means`: what the signal-leak lesson correlates.
+  ``negative_prompt``). With the defaults it is :func:`unetlab.text2img.generate`, image for image.
+* :func:`accuracy_over_seeds`: the whole caption read off every sample by the calibrated pixel ruler
+  (:func:`unetlab.ruler.read_image`: colour, shape, 3×3 position, size, number of objects) over ``n`` held-out
+  captions × several sampling seeds, each rate with its count and Wilson 95 % interval
+  (:func:`unetlab.ruler.wilson_interval`); :func:`first_captions` re-scores a sub-run without sampling again.
+* :func:`backgrounds`, :func:`background_colour`, :func:`noise_means`: what the signal-leak lesson correlates.
 """
 from __future__ import annotations
 
-import math
 from numbers import Integral, Real
 from typing import Sequence
 
@@ -28,38 +33,22 @@ import torch
 
 from .data import HELDOUT_SEED, TRAIN_SEED, make_shapes
 from .guidance import check_guidance_scale, guided_eps
-from .samplers import DDIMSampler
+from .ruler import FIGURES, read_background, read_image, score_readings, wilson_interval
 from .schedule import NoiseSchedule
-from .text2img import TextToImage, classify_image, foreground_mask
+from .text2img import TextToImage
 
 __all__ = [
-    "STARTS", "COURSE_START", "COURSE_SPACING", "wilson_interval", "mean_training_image", "start_noise",
-    "sample_images", "accuracy_over_seeds", "background_colour", "noise_means",
+    "STARTS", "EPS_FIX", "RATES", "mean_training_image", "start_noise", "sample_images", "accuracy_over_seeds",
+    "first_captions", "backgrounds", "background_colour", "noise_means",
 ]
 
 #: the starting points :func:`start_noise` knows
 STARTS = ("noise", "mean", "offset")
-#: the course's sampling fix for the shipped ε-model, chosen in chapter 6 from the measurement there
-COURSE_START = "mean"
-COURSE_SPACING = "trailing"
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a rate ``successes / n`` (default 95%, z = 1.96): ``(low, high)`` in [0, 1].
-
-    Wilson (1927); better than ``p ± z·√(p(1−p)/n)`` near 0 and 1. ``n < 1`` or ``successes`` outside
-    ``[0, n]`` raises ``ValueError``.
-    """
-    if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if isinstance(successes, bool) or not isinstance(successes, Integral) or not 0 <= successes <= n:
-        raise ValueError(f"successes must be an int in [0, n={n}], got {successes!r}")
-    p = successes / n
-    # centre = (p + z²/2n) / (1 + z²/n); half = z √(p(1−p)/n + z²/4n²) / (1 + z²/n)
-    denom = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+#: the best sampling-time fix for the ε model ``text2img-eps`` (chapter 6 measures it against the others):
+#: start from the data mean pushed through the forward process, with trailing timesteps
+EPS_FIX = {"start": "mean", "timestep_spacing": "trailing"}
+#: the rates :func:`accuracy_over_seeds` reports: the ruler's figures, and "both" (colour and shape right)
+RATES = tuple(FIGURES) + ("both",)
 
 
 def mean_training_image(n: int = 2048) -> torch.Tensor:
@@ -82,11 +71,13 @@ def start_noise(
 
     * ``"noise"``: z ~ N(0, I).
     * ``"mean"``: √ᾱ_t0 · mean_image + √(1−ᾱ_t0) · z (the forward process applied to the data mean; ``t0`` is
-      the chain's first timestep, ``mean_image`` (C, H, W) defaults to :func:`mean_training_image`).
+      the chain's first timestep, ᾱ from ``schedule`` (default SD's), ``mean_image`` (C, H, W) defaults to
+      :func:`mean_training_image`). On a zero-terminal-SNR schedule at t0 = 999 this is z itself.
     * ``"offset"``: z + offset_strength · ε_c, ε_c ~ N(0, 1) one value per image and channel (offset noise,
       Guttenberg 2023).
 
-    ``z`` is drawn first from ``generator``, so the three starts share it.
+    ``z`` is drawn first from ``generator``, so the three starts share it. Raises ``ValueError`` for an unknown
+    ``start``, a shape that is not 4-d, a negative ``offset_strength`` or a ``mean_image`` of the wrong shape.
     """
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
@@ -118,8 +109,8 @@ def sample_images(
     guidance_scale: float = 3.0,
     num_inference_steps: int = 25,
     seed: int = 0,
-    start: str = COURSE_START,
-    timestep_spacing: str = COURSE_SPACING,
+    start: str = "noise",
+    timestep_spacing: str | None = None,
     eta: float = 0.0,
     negative_captions: Sequence[str] | None = None,
     mean_image: torch.Tensor | None = None,
@@ -127,11 +118,13 @@ def sample_images(
 ):
     """One image per caption, ``(B, 3, 32, 32)`` in about [-1, 1], from the chosen start and spacing.
 
-    DDIM (``eta`` in [0, 1]) on SD's schedule, guided by :func:`unetlab.guidance.guided_eps`.
+    DDIM (``eta`` in [0, 1]) with ``model.make_sampler``: the model's own schedule and prediction type (ε or v),
+    its own timestep spacing unless ``timestep_spacing`` is given ("leading" for SD's schedule, "trailing" for
+    zero terminal SNR). Guided by :func:`unetlab.guidance.guided_eps` on the UNet's raw output.
     ``negative_captions`` (one per caption) replace the empty caption as the unconditional half: the guided
-    prediction moves away from them (diffusers' ``negative_prompt``). With ``start="noise"`` and
-    ``timestep_spacing="leading"`` this is :func:`unetlab.text2img.generate` (same noise, same images).
-    ``return_start=True`` also returns x_T.
+    prediction moves away from them (diffusers' ``negative_prompt``). With ``start="noise"`` and the model's
+    spacing this is :func:`unetlab.text2img.generate` (same noise, same images). ``return_start=True`` also
+    returns x_T. Raises ``ValueError`` for a negative guidance scale or a wrong number of negative captions.
     """
     scale = check_guidance_scale(guidance_scale)
     captions = list(captions)
@@ -140,15 +133,16 @@ def sample_images(
     negative_captions = list(negative_captions)
     if len(negative_captions) != len(captions):
         raise ValueError(f"negative_captions must have one entry per caption ({len(captions)}), got {len(negative_captions)}")
-    sampler = DDIMSampler(NoiseSchedule(), num_inference_steps=num_inference_steps, eta=eta,
-                          timestep_spacing=timestep_spacing)
+    sampler = model.make_sampler(num_inference_steps, timestep_spacing=timestep_spacing, eta=eta)
     # (B, L, D) each
     context = model.encode(captions)
     uncond_context = model.encode(negative_captions)
     size = model.unet.config.sample_size
     shape = (len(captions), model.unet.config.in_channels, size, size)
     generator = torch.Generator().manual_seed(seed)
-    x_T = start_noise(shape, generator, start, t0=int(sampler.timesteps[0]), mean_image=mean_image)
+    # (B, C, H, W): the start, noised with the model's own schedule at the chain's first timestep
+    x_T = start_noise(shape, generator, start, t0=int(sampler.timesteps[0]), schedule=model.schedule,
+                      mean_image=mean_image)
 
     def model_fn(x_t, t):
         return guided_eps(model.unet, x_t, t, context, uncond_context, scale)
@@ -157,22 +151,17 @@ def sample_images(
     return (images, x_T) if return_start else images
 
 
-def background_colour(images: torch.Tensor) -> torch.Tensor:
-    """Mean colour of the pixels outside the shape, ``(B, 3)`` in [0, 1], for images ``(B, 3, H, W)`` in [-1, 1]."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (B, 3, H, W), got {getattr(images, 'shape', type(images))}")
-    out = []
-    for img in images:
-        # (H, W) True on the background
-        bg = ~foreground_mask(img)
-        rgb = ((img.float() + 1) / 2).clamp(0, 1)
-        out.append(rgb[:, bg].mean(dim=1))
-    return torch.stack(out)
-
-
-def noise_means(x_T: torch.Tensor) -> torch.Tensor:
-    """Per-image, per-channel mean of a starting noise ``(B, C, H, W)``: ``(B, C)``."""
-    return x_T.float().mean(dim=(2, 3))
+def _rates(readings: Sequence, labels: Sequence) -> dict:
+    """``{figure: {"k", "n", "rate", "ci": (low, high)}}`` for :data:`RATES` (Wilson 95 % intervals)."""
+    scored = score_readings(readings, labels)
+    ok = dict(scored["ok"])
+    # colour and shape right (the two words the earlier measurement read)
+    ok["both"] = [c and s for c, s in zip(ok["colour"], ok["shape"])]
+    out = {}
+    for figure in RATES:
+        k, n = sum(ok[figure]), len(ok[figure])
+        out[figure] = {"k": k, "n": n, "rate": k / n, "ci": wilson_interval(k, n)}
+    return out
 
 
 def accuracy_over_seeds(
@@ -185,31 +174,80 @@ def accuracy_over_seeds(
 ) -> dict:
     """Caption accuracy over ``n`` held-out captions × ``sample_seeds`` (one image per caption and seed).
 
-    Returns ``{"n": total images, "colour"/"shape"/"both": {"k": successes, "rate": k/n, "ci": (low, high)},
-    "per_seed": {seed: {"colour", "shape", "both"} rates}, "images": (total, 3, 32, 32), "starts": x_T,
-    "labels", "predicted"}`` (Wilson 95% intervals). ``sample_kwargs`` go to :func:`sample_images`.
+    Every sample is read by :func:`unetlab.ruler.read_image` (calibrated on real held-out images). Returns
+    ``{figure: {"k": successes, "n": images, "rate": k/n, "ci": (low, high)}}`` for each of :data:`RATES`
+    (``colour``, ``shape``, ``position``, ``size``, ``one_object``: exactly one object, ``all_one``: all four
+    right with one object, ``both``: colour and shape right; Wilson 95 % intervals), plus ``"n"`` (images),
+    ``"per_seed"`` ({seed: {figure: rate}}), ``"images"`` ``(N, 3, 32, 32)``, ``"starts"`` (x_T), ``"labels"``,
+    ``"readings"``, ``"captions"``, ``"sample_seeds"``; lists run over the seeds, then the captions.
+    ``sample_kwargs`` go to :func:`sample_images`. Raises ``ValueError`` for ``n < 1`` or no seed.
     """
     if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    if len(sample_seeds) < 1:
-        raise ValueError("sample_seeds must hold at least one seed")
+    seeds = tuple(sample_seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, Integral) for s in seeds):
+        raise ValueError(f"sample_seeds must be a non-empty sequence of ints, got {sample_seeds!r}")
     labels = make_shapes(n, seed=caption_seed).labels
     captions = [label.caption() for label in labels]
-    images, starts, predicted, all_labels, per_seed = [], [], [], [], {}
-    for s in sample_seeds:
+    images, starts, readings, per_seed = [], [], [], {}
+    for s in seeds:
         x, x_T = sample_images(model, captions, seed=s, return_start=True, **sample_kwargs)
-        pred = [classify_image(img) for img in x]
-        ok = [(p["colour"] == lab.colour, p["shape"] == lab.shape) for p, lab in zip(pred, labels)]
-        per_seed[s] = {"colour": sum(c for c, _ in ok) / n, "shape": sum(h for _, h in ok) / n,
-                       "both": sum(c and h for c, h in ok) / n}
-        images.append(x); starts.append(x_T); predicted += pred; all_labels += labels
-    total = len(predicted)
-    hits = {
-        "colour": sum(p["colour"] == lab.colour for p, lab in zip(predicted, all_labels)),
-        "shape": sum(p["shape"] == lab.shape for p, lab in zip(predicted, all_labels)),
-        "both": sum(p["colour"] == lab.colour and p["shape"] == lab.shape for p, lab in zip(predicted, all_labels)),
-    }
-    out = {key: {"k": k, "rate": k / total, "ci": wilson_interval(k, total)} for key, k in hits.items()}
-    out.update(n=total, per_seed=per_seed, images=torch.cat(images), starts=torch.cat(starts),
-               labels=all_labels, predicted=predicted, captions=captions * len(sample_seeds))
+        seed_readings = [read_image(img) for img in x]
+        per_seed[s] = {figure: r["rate"] for figure, r in _rates(seed_readings, labels).items()}
+        images.append(x); starts.append(x_T); readings += seed_readings
+    all_labels = list(labels) * len(seeds)
+    out = _rates(readings, all_labels)
+    out.update(n=len(readings), per_seed=per_seed, images=torch.cat(images), starts=torch.cat(starts),
+               labels=all_labels, readings=readings, captions=captions * len(seeds), sample_seeds=seeds)
     return out
+
+
+def first_captions(acc: dict, n: int) -> dict:
+    """The part of an :func:`accuracy_over_seeds` result made of its first ``n`` captions of every seed.
+
+    The same captions and starting noise as a run with ``n`` captions (``start_noise`` draws per image in
+    order, so the first ``n`` images of a seed do not depend on how many follow), re-scored without sampling
+    again. Same keys as :func:`accuracy_over_seeds`. ``n`` outside ``[1, captions per seed]`` raises ``ValueError``.
+    """
+    seeds = acc["sample_seeds"]
+    per = acc["n"] // len(seeds)
+    if isinstance(n, bool) or not isinstance(n, Integral) or not 1 <= n <= per:
+        raise ValueError(f"n must be an int in [1, {per}], got {n!r}")
+    idx = [k * per + i for k in range(len(seeds)) for i in range(n)]
+    readings = [acc["readings"][i] for i in idx]
+    labels = [acc["labels"][i] for i in idx]
+    out = _rates(readings, labels)
+    per_seed = {s: {f: r["rate"] for f, r in _rates(readings[k * n:(k + 1) * n], labels[k * n:(k + 1) * n]).items()}
+                for k, s in enumerate(seeds)}
+    out.update(n=len(idx), per_seed=per_seed, images=acc["images"][idx], starts=acc["starts"][idx], labels=labels,
+               readings=readings, captions=[acc["captions"][i] for i in idx], sample_seeds=seeds)
+    return out
+
+
+def backgrounds(images: torch.Tensor) -> dict:
+    """The ruler's background of each image ``(B, 3, H, W)`` in [-1, 1] (:func:`unetlab.ruler.read_background`).
+
+    Returns ``{"colour": (B, 3)`` the mean colour of the fitted top-to-bottom gradient in [0, 1],
+    ``"brightest": (B,)`` its brightest channel anywhere (every training background is ≤ 0.35),
+    ``"grain": (B,)`` the RMS of the image minus the gradient outside the objects ([0, 1] units; a clean
+    held-out image ≈ 0.002)``}``. Raises ``ValueError`` for anything but a ``(B, 3, H, W)`` tensor.
+    """
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {getattr(images, 'shape', type(images))}")
+    read = [read_background(img) for img in images]
+    # the gradient is linear in y: its mean colour is the mean of its two ends
+    colour = torch.tensor([[(a + b) / 2 for a, b in zip(r["top"], r["bottom"])] for r in read])
+    return {"colour": colour, "brightest": torch.tensor([r["brightest"] for r in read]),
+            "grain": torch.tensor([r["residual_rms"] for r in read])}
+
+
+def background_colour(images: torch.Tensor) -> torch.Tensor:
+    """Mean background colour ``(B, 3)`` in [0, 1] of images ``(B, 3, H, W)`` in [-1, 1] (see :func:`backgrounds`)."""
+    return backgrounds(images)["colour"]
+
+
+def noise_means(x_T: torch.Tensor) -> torch.Tensor:
+    """Per-image, per-channel mean of a starting noise ``(B, C, H, W)``: ``(B, C)``."""
+    if not isinstance(x_T, torch.Tensor) or x_T.ndim != 4:
+        raise ValueError(f"x_T must be (B, C, H, W), got {getattr(x_T, 'shape', type(x_T))}")
+    return x_T.float().mean(dim=(2, 3))
