@@ -47,11 +47,36 @@ def test_ddim_reference_passes():
 
 
 def test_ddim_typical_mistakes():
-    no_sqrt = lambda x, e, a, p: p * ((x - (1 - a) * e) / a) + (1 - p) * e  # noqa: E731
-    assert "Square roots" in _hints(check_ddim_step(no_sqrt))
-    x0_only = lambda x, e, a, p: p.sqrt() * (x - (1 - a).sqrt() * e) / a.sqrt()  # noqa: E731
+    # 6.3's epsilon lines with v in place of eps: nan at t = 999 (ā = 0), the v-for-ε hint elsewhere
+    v_as_eps = lambda x, v, a, p: p.sqrt() * (x - (1 - a).sqrt() * v) / a.sqrt() + (1 - p).sqrt() * v  # noqa: E731
+    fb = check_ddim_step(v_as_eps)
+    assert "dividing by √ā_t" in _hints(fb) and "taken for ε" in _hints(fb)
+    x0_only = lambda x, v, a, p: p.sqrt() * (a.sqrt() * x - (1 - a).sqrt() * v)  # noqa: E731
     assert "noise direction" in _hints(check_ddim_step(x0_only))
-    assert "ā_prev" in _hints(check_ddim_step(lambda x, e, a, p: x))
+    flipped = lambda x, v, a, p: reference_ddim_step(x, -v, a, p)  # noqa: E731
+    assert "sign of v" in _hints(check_ddim_step(flipped))
+    assert "ā_prev" in _hints(check_ddim_step(lambda x, v, a, p: x))
+
+
+def test_ddim_step_is_a_rotation_so_the_two_slips_agree():
+    # with sqrt(abar) = cos(phi): x_prev = cos(d) x_t - sin(d) v, d = phi_t - phi_prev; swapping the two abar
+    # or flipping v both turn the other way, which is why one hint covers both
+    import math
+    x, v = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    a, p = torch.tensor(0.3), torch.tensor(0.6)
+    d = math.acos(a.sqrt()) - math.acos(p.sqrt())
+    assert torch.allclose(reference_ddim_step(x, v, a, p), math.cos(d) * x - math.sin(d) * v, atol=1e-6)
+    assert torch.allclose(reference_ddim_step(x, v, p, a), reference_ddim_step(x, -v, a, p), atol=1e-6)
+
+
+def test_ddim_step_equals_the_sampler_of_the_retrained_model():
+    from unetlab.text2img import build_text2img
+
+    sampler = build_text2img().make_sampler(25)
+    assert int(sampler.timesteps[0]) == 999 and float(sampler.schedule.alphas_cumprod[999]) == 0.0
+    x, v = torch.randn(2, 2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    abar = sampler.schedule.alphas_cumprod
+    assert torch.allclose(reference_ddim_step(x, v, abar[999], abar[959]), sampler.step(v, 999, x)[0], atol=1e-5)
 
 
 def test_ddim_bad_answers_never_raise():

@@ -151,7 +151,7 @@ def my_guidance(eps_uncond, eps_text, guidance_scale):
     return eps_text
 ''', "check_guidance(my_guidance)"),
     "check_ddim_step": ("06_denoising_loop.ipynb", '''
-def my_ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev):
+def my_ddim_step(x_t, v, alpha_bar_t, alpha_bar_prev):
     # TODO: 你的代码 | your code
     return x_t
 ''', "check_ddim_step(my_ddim_step)"),
@@ -274,9 +274,11 @@ def test_guidance_that_only_ignores_the_scale_differently_is_an_attempt():
 
 
 @pytest.mark.parametrize("answer, hint", [
-    (lambda x, e, a, p: p * ((x - (1 - a) * e) / a) + (1 - p) * e, "Square roots are missing"),
-    (lambda x, e, a, p: p.sqrt() * (x - (1 - a).sqrt() * e) / a.sqrt(), "noise direction"),
-    (lambda x, e, a, p: a.sqrt() * (x - (1 - p).sqrt() * e) / p.sqrt() + (1 - a).sqrt() * e, "are swapped"),
+    # 6.3's epsilon lines with v for eps: nan at t = 999, then the diagnosis
+    (lambda x, v, a, p: p.sqrt() * (x - (1 - a).sqrt() * v) / a.sqrt() + (1 - p).sqrt() * v, "taken for ε"),
+    (lambda x, v, a, p: p.sqrt() * (a.sqrt() * x - (1 - a).sqrt() * v), "noise direction"),
+    (lambda x, v, a, p: a.sqrt() * (p.sqrt() * x - (1 - p).sqrt() * v) + (1 - a).sqrt() * ((1 - p).sqrt() * x + p.sqrt() * v),
+     "are swapped"),
 ])
 def test_ddim_typical_mistakes_are_attempts_with_their_diagnosis(answer, hint):
     fb = check_ddim_step(answer)
@@ -285,12 +287,13 @@ def test_ddim_typical_mistakes_are_attempts_with_their_diagnosis(answer, hint):
 
 def test_ddim_with_alpha_bar_t_twice_is_told_apart_from_nothing_only_by_the_hint():
     # ā_t in both lines gives x_t back: the same output as the stub, so the stub's hint names this case
-    def twice(x, e, a, p):
-        x0 = (x - (1 - a).sqrt() * e) / a.sqrt()
-        return a.sqrt() * x0 + (1 - a).sqrt() * e
+    def twice(x, v, a, p):
+        x0 = a.sqrt() * x - (1 - a).sqrt() * v
+        eps = (1 - a).sqrt() * x + a.sqrt() * v
+        return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
     fb = check_ddim_step(twice)
-    assert fb.status == NOT_ATTEMPTED and "ā_t in both lines gives x_t back" in _hints(fb)
+    assert fb.status == NOT_ATTEMPTED and "ā_t in the second line as well gives x_t back" in _hints(fb)
 
 
 @pytest.mark.parametrize("checker, reference", [(check_guidance, reference_guidance), (check_ddim_step, reference_ddim_step)])

@@ -6,12 +6,15 @@
   ``ValueError`` for a scale < 0. Hints for the usual slips: the halves swapped, guiding from the text
   prediction instead of the unconditional one, a missing bracket. The notebook's stub,
   ``return eps_text``, is "not attempted yet" (recognised by its output: ``eps_text`` whatever the scale).
-* :func:`check_ddim_step` — the learner writes one deterministic DDIM step
-  ``fn(x_t, eps, alpha_bar_t, alpha_bar_prev) -> x_prev``; compared with
-  :func:`unetlab.samplers.ddim_step` (``eta = 0``) on SD's schedule. Hints: using ``alpha`` instead of
-  its square root, forgetting to re-add the noise direction, the two ``alpha_bar`` swapped. The
-  notebook's stub, ``return x_t``, is "not attempted yet" (so is ``alpha_bar_t`` used twice, which
-  gives ``x_t`` back exactly: the hint says so).
+* :func:`check_ddim_step` — the learner writes one deterministic DDIM step of the retrained, v-prediction
+  model, ``fn(x_t, v, alpha_bar_t, alpha_bar_prev) -> x_prev``: they must solve for x0 and ε from ``x_t`` and
+  ``v`` (not transcribe 6.3's ε lines), and the first case is t = 999, where ā = 0 on the zero-terminal-SNR
+  schedule and any division by √ā fails. Compared with :func:`unetlab.samplers.ddim_step` (``eta = 0``).
+  Hints: v taken for ε (6.3's lines); the sign of v flipped or the two ``alpha_bar`` swapped (one hint: with
+  √ā = cos φ, the step turns (x_t, v) by the angle φ_t − φ_prev, and either slip turns it the other way, so
+  they give the same output); the noise direction missing; nan/inf from dividing by √ā_999. The notebook's
+  stub, ``return x_t``, is "not attempted yet" (so is ``alpha_bar_t`` used in both lines, which gives ``x_t``
+  back exactly: the hint says so).
 * :func:`check_negative_prompt` — the learner writes ``fn(unet, x_t, t, context, negative_context, s)``:
   classifier-free guidance whose unconditional half is the negative caption's context (diffusers'
   ``negative_prompt``), one UNet call on the doubled batch; compared with
@@ -199,58 +202,99 @@ def check_guidance(fn: Callable) -> Feedback:
     return run_checks("无分类器引导", "Classifier-free guidance", steps)
 
 
-# --- one DDIM step ----------------------------------------------------------------------------------------------
+# --- one DDIM step of a v-prediction model ------------------------------------------------------------------
 
-# (t, prev_t) pairs of a 25-step DDIM chain on SD's schedule: start, middle and the final step (prev_t < 0)
-_DDIM_CASES = ((961, 921), (481, 441), (1, -39))
+#: (t, prev_t) pairs of the retrained model's 25-step trailing DDIM chain: the first step (t = 999, where
+#: ā = 0 on the zero-terminal-SNR schedule), a middle one and the last (prev_t < 0: ā_prev = ā_0)
+_DDIM_CASES = ((999, 959), (479, 439), (39, -1))
+
+
+def _ddim_schedule() -> NoiseSchedule:
+    """The schedule of the chapter's retrained model: zero terminal SNR, v-prediction."""
+    from ..text2img import TEXT2IMG_SCHEDULE
+
+    return NoiseSchedule(**TEXT2IMG_SCHEDULE)
+
+
+def reference_ddim_step(x_t: torch.Tensor, v: torch.Tensor, alpha_bar_t, alpha_bar_prev) -> torch.Tensor:
+    """The answer: one deterministic DDIM step (``eta = 0``) of a v-prediction model, ``(B, C, H, W)``.
+
+    From ``x_t = √ā_t x0 + √(1−ā_t) ε`` and ``v = √ā_t ε − √(1−ā_t) x0`` (Salimans & Ho 2022; diffusers'
+    ``get_velocity``): ``x0 = √ā_t x_t − √(1−ā_t) v`` and ``ε = √(1−ā_t) x_t + √ā_t v`` — no division, so
+    it holds at ā_t = 0 too; then ``x_prev = √ā_prev x0 + √(1−ā_prev) ε`` (Song et al. 2021, eq. 12).
+    """
+    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=x_t.dtype)
+    alpha_bar_prev = torch.as_tensor(alpha_bar_prev, dtype=x_t.dtype)
+    x0 = alpha_bar_t.sqrt() * x_t - (1 - alpha_bar_t).sqrt() * v
+    eps = (1 - alpha_bar_t).sqrt() * x_t + alpha_bar_t.sqrt() * v
+    return alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev).sqrt() * eps
+
 
 _DDIM_MISTAKES = {
-    "no_sqrt": (
-        lambda x, e, a, p: (p * ((x - (1 - a) * e) / a) + (1 - p) * e),
-        "少了平方根：x_t = √ā·x0 + √(1−ā)·ε，所以要用 ā 的平方根，不是 ā 本身。",
-        "Square roots are missing: x_t = √ā·x0 + √(1−ā)·ε uses the square root of ā, not ā itself.",
+    "v_as_eps": (
+        # the epsilon step of 6.3 with v in place of eps: 0 / 0 at t = 999
+        lambda x, v, a, p: p.sqrt() * (x - (1 - a).sqrt() * v) / a.sqrt() + (1 - p).sqrt() * v,
+        "这是 6.3 里 ε 预测的两行，把 v 当成了 ε。v 不是噪声：v = √ā·ε − √(1−ā)·x0。和 x_t = √ā·x0 + √(1−ā)·ε "
+        "联立，解出 x0 和 ε（两个都是 x_t 和 v 的线性组合），再走第二行。",
+        "These are 6.3's two epsilon lines with v taken for ε. v is not the noise: v = √ā·ε − √(1−ā)·x0. Solve it "
+        "together with x_t = √ā·x0 + √(1−ā)·ε for x0 and ε (both are linear in x_t and v), then take the second line.",
+    ),
+    "sign": (
+        # the sign of v flipped; with ā_t and ā_prev swapped the step comes out the same (see the hint)
+        lambda x, v, a, p: p.sqrt() * (a.sqrt() * x + (1 - a).sqrt() * v) + (1 - p).sqrt() * ((1 - a).sqrt() * x - a.sqrt() * v),
+        "v 的符号反了，或者 ā_t 和 ā_prev 用反了（两种错误得到的一步完全相同）。v = √ā·ε − √(1−ā)·x0（diffusers 的 "
+        "get_velocity），所以 x0 = √ā_t·x_t − √(1−ā_t)·v；先用 ā_t 求 x0 和 ε，再用 ā_prev 走到上一步。",
+        "The sign of v is flipped, or ā_t and ā_prev are swapped (the two mistakes give exactly the same step). "
+        "v = √ā·ε − √(1−ā)·x0 (diffusers' get_velocity), so x0 = √ā_t·x_t − √(1−ā_t)·v; get x0 and ε with ā_t, "
+        "then step to prev with ā_prev.",
     ),
     "x0_only": (
-        lambda x, e, a, p: p.sqrt() * (x - (1 - a).sqrt() * e) / a.sqrt(),
-        "只缩放了 x0 估计，忘了加回噪声方向 √(1−ā_prev)·ε。",
-        "Only the scaled x0 estimate: the noise direction √(1−ā_prev)·ε is missing.",
-    ),
-    "swapped_alphas": (
-        lambda x, e, a, p: a.sqrt() * (x - (1 - p).sqrt() * e) / p.sqrt() + (1 - a).sqrt() * e,
-        "ā_t 和 ā_prev 用反了：先用 ā_t 从 x_t 估计 x0，再用 ā_prev 把它加噪到上一步。",
-        "ā_t and ā_prev are swapped: estimate x0 from x_t with ā_t, then noise it to the previous step with ā_prev.",
+        lambda x, v, a, p: p.sqrt() * (a.sqrt() * x - (1 - a).sqrt() * v),
+        "只缩放了 x0 估计，忘了加回噪声方向 √(1−ā_prev)·ε（ε 也要从 x_t 和 v 求出）。",
+        "Only the scaled x0 estimate: the noise direction √(1−ā_prev)·ε is missing (ε, too, comes from x_t and v).",
     ),
 }
 
 
+def _ddim_case_inputs(t: int, prev_t: int):
+    """``(x_t, v, ā_t, ā_prev)`` of one case; past the last step ā_prev is ā_0 (``set_alpha_to_one=False``)."""
+    schedule = _ddim_schedule()
+    x_t, v = _inputs(t)
+    a_prev = schedule.alphas_cumprod[prev_t] if prev_t >= 0 else schedule.alphas_cumprod[0]
+    return x_t, v, schedule.alphas_cumprod[t], a_prev
+
+
 def _ddim_case(fn: Callable, t: int, prev_t: int) -> Check:
-    x_t, eps, a_t, a_prev = _ddim_case_inputs(t, prev_t)
-    ref, _ = ddim_step(NoiseSchedule(), eps, t, x_t, prev_t, eta=0.0)
-    what_zh, what_en = f"DDIM 一步：t = {t} → {prev_t}", f"DDIM step t = {t} → {prev_t}"
+    x_t, v, a_t, a_prev = _ddim_case_inputs(t, prev_t)
+    ref, _ = ddim_step(_ddim_schedule(), v, t, x_t, prev_t, eta=0.0)
+    what_zh, what_en = f"t = {t} → {prev_t} 的一步正确", f"right step t = {t} → {prev_t}"
+    if t == 999:
+        what_zh, what_en = what_zh + "（第一步：ā_999 = 0）", what_en + " (the first step: ā_999 = 0)"
     if prev_t < 0:
         what_zh, what_en = what_zh + "（最后一步：ā_prev = ā_0）", what_en + " (the last step: ā_prev = ā_0)"
-    out = fn(x_t.clone(), eps.clone(), a_t.clone(), a_prev.clone())
+    out = fn(x_t.clone(), v.clone(), a_t.clone(), a_prev.clone())
     bad = _is_tensor_like(out, x_t)
     if bad is not None:
         return bad
     if torch.allclose(out, ref, atol=1e-4):
         return Check(what_zh, what_en, True, detail_zh="与 unetlab.samplers.ddim_step 一致。",
                      detail_en="matches unetlab.samplers.ddim_step.")
-    for name, (wrong, hint_zh, hint_en) in _DDIM_MISTAKES.items():
-        if torch.allclose(out, wrong(x_t, eps, a_t, a_prev), atol=1e-4):
-            return Check(what_zh, what_en, False, hint_zh=hint_zh, hint_en=hint_en)
+    with torch.no_grad():
+        for name, (wrong, hint_zh, hint_en) in _DDIM_MISTAKES.items():
+            expected = wrong(x_t, v, a_t, a_prev)
+            if torch.isfinite(expected).all() and torch.allclose(out, expected, atol=1e-4):
+                return Check(what_zh, what_en, False, hint_zh=hint_zh, hint_en=hint_en)
+    if not torch.isfinite(out).all():
+        return Check(what_zh, what_en, False, detail_zh="结果里有 nan 或 inf。", detail_en="the result has nan or inf.",
+                     hint_zh="t = 999 时 ā_t = 0：除以 √ā_t 就是除以 0。x0 和 ε 都可以写成 x_t 和 v 的线性组合，不用除法。",
+                     hint_en="At t = 999, ā_t = 0: dividing by √ā_t divides by 0. Both x0 and ε are linear combinations "
+                             "of x_t and v; no division is needed.")
     err = float((out - ref).abs().max())
     return Check(what_zh, what_en, False, detail_zh=f"最大误差 {err:.3g}。", detail_en=f"largest error {err:.3g}.",
-                 hint_zh="两步：x0 = (x_t − √(1−ā_t)·ε)/√ā_t；x_prev = √ā_prev·x0 + √(1−ā_prev)·ε。",
-                 hint_en="Two lines: x0 = (x_t − √(1−ā_t)·ε)/√ā_t; x_prev = √ā_prev·x0 + √(1−ā_prev)·ε.")
-
-
-def _ddim_case_inputs(t: int, prev_t: int):
-    """``(x_t, eps, ā_t, ā_prev)`` of one case: SD's DDIM (set_alpha_to_one=False) uses ā_0 past the last step."""
-    schedule = NoiseSchedule()
-    x_t, eps = _inputs(t)
-    a_prev = schedule.alphas_cumprod[prev_t] if prev_t >= 0 else schedule.alphas_cumprod[0]
-    return x_t, eps, schedule.alphas_cumprod[t], a_prev
+                 hint_zh="先解出 x0 = √ā_t·x_t − √(1−ā_t)·v 和 ε = √(1−ā_t)·x_t + √ā_t·v（代回去验算），"
+                         "再 x_prev = √ā_prev·x0 + √(1−ā_prev)·ε。",
+                 hint_en="First x0 = √ā_t·x_t − √(1−ā_t)·v and ε = √(1−ā_t)·x_t + √ā_t·v (substitute back to check), "
+                         "then x_prev = √ā_prev·x0 + √(1−ā_prev)·ε.")
 
 
 def _ddim_stub(fn: Callable) -> Check | None:
@@ -258,34 +302,35 @@ def _ddim_stub(fn: Callable) -> Check | None:
     returns nothing or raises ``NotImplementedError``; else None."""
     unchanged = []
     for t, p in _DDIM_CASES:
-        x_t, eps, a_t, a_prev = _ddim_case_inputs(t, p)
-        outcome = call_answer(fn, x_t.clone(), eps.clone(), a_t.clone(), a_prev.clone())
+        x_t, v, a_t, a_prev = _ddim_case_inputs(t, p)
+        outcome = call_answer(fn, x_t.clone(), v.clone(), a_t.clone(), a_prev.clone())
         if outcome.not_implemented or outcome.blank:
             return stub_check(*_not_written("my_ddim_step", outcome),
-                              "两行：先由 x_t 和 ε 估计 x0，再用 ā_prev 把 x0 加噪到上一步，并 return 它。",
-                              "Two lines: estimate x0 from x_t and ε, then noise x0 to the previous step with ā_prev; "
-                              "return it.")
+                              "先由 x_t 和 v 求出 x0 和 ε，再用 ā_prev 把 x0 加噪到上一步，并 return 它。",
+                              "Get x0 and ε from x_t and v, then noise x0 to the previous step with ā_prev; return it.")
         unchanged.append(returns_unchanged(outcome.value, x_t))
     if all(unchanged):
         return stub_check(
             "my_ddim_step 原样返回 x_t：这还是练习给的样子。", "my_ddim_step returns x_t unchanged: that is still the exercise's stub.",
-            "两行：x0 = (x_t − √(1−ā_t)·ε)/√ā_t；x_prev = √ā_prev·x0 + √(1−ā_prev)·ε。如果你已经写了这两行："
-            "两处都用 ā_t 恰好会原样得到 x_t，第二行要用 ā_prev。",
-            "Two lines: x0 = (x_t − √(1−ā_t)·ε)/√ā_t; x_prev = √ā_prev·x0 + √(1−ā_prev)·ε. If you did write them: "
-            "ā_t in both lines gives x_t back exactly; the second line uses ā_prev.")
+            "把 x_t = √ā·x0 + √(1−ā)·ε 和 v = √ā·ε − √(1−ā)·x0 当成 x0、ε 的两个方程解出来，再走 6.3 的第二行。"
+            "如果你已经写了：第二行也用 ā_t 恰好会原样得到 x_t，第二行要用 ā_prev。",
+            "Solve x_t = √ā·x0 + √(1−ā)·ε and v = √ā·ε − √(1−ā)·x0 as two equations for x0 and ε, then take 6.3's "
+            "second line. If you did: ā_t in the second line as well gives x_t back exactly; it uses ā_prev.")
     return None
 
 
-@exercise(6, "6.2", "一步 DDIM", "One DDIM step")
+@exercise(6, "6.2", "一步 DDIM（v 预测）", "One DDIM step (v-prediction)")
 def check_ddim_step(fn: Callable) -> Feedback:
-    """Check ``fn(x_t, eps, alpha_bar_t, alpha_bar_prev) -> x_prev`` against a deterministic DDIM step.
+    """Check ``fn(x_t, v, alpha_bar_t, alpha_bar_prev) -> x_prev``: one deterministic DDIM step of a v-prediction
+    model, against :func:`unetlab.samplers.ddim_step` on the retrained model's schedule (zero terminal SNR), at
+    t = 999 (ā = 0), 479 and 39 (the last step).
 
     The notebook's stub ``return x_t`` (``x_t`` back in every case) is "not attempted yet".
     """
     if callable(fn):
         stub = _ddim_stub(fn)
         if stub is not None:
-            return run_checks("一步 DDIM", "One DDIM step", [lambda: stub])
+            return run_checks("一步 DDIM（v 预测）", "One DDIM step (v-prediction)", [lambda: stub])
 
     steps = [lambda: function_check(fn, "check_ddim_step(my_ddim_step)", ("提交的是函数", "the answer is a function"))]
     if callable(fn):
@@ -293,7 +338,7 @@ def check_ddim_step(fn: Callable) -> Feedback:
             step = lambda t=t, p=p: _ddim_case(fn, t, p)  # noqa: E731
             step.__name__ = f"t={t}"
             steps.append(step)
-    return run_checks("一步 DDIM", "One DDIM step", steps)
+    return run_checks("一步 DDIM（v 预测）", "One DDIM step (v-prediction)", steps)
 
 
 # --- a negative prompt ----------------------------------------------------------------------------------------
