@@ -1,4 +1,7 @@
 """Chapter 7 homework checkers: the reference passes, the stub is "not attempted", typical wrong answers get their hint."""
+import re
+
+import pytest
 import torch
 
 from unetlab.homework import check_add_at_skip, check_residual_shapes
@@ -10,12 +13,30 @@ def _hints(fb):
     return " ".join(c.hint_en for c in fb.failed())
 
 
+def _numbers(text):
+    return set(re.findall(r"\d+", text))
+
+
 # --- 7.1 ----------------------------------------------------------------------------------------------
+
+# 7.1 is SDXL at a 128×128 latent (a 1024×1024 image), batch 1; every answer below is built from skip_shapes
+LATENT = (1, 4, 128, 128)
+NAMES = [n for n, _ in skip_shapes("sdxl", LATENT)]
+DOWN = [s for _, s in skip_shapes("sdxl", LATENT)]
+MID = mid_shape("sdxl", LATENT)[1]
+
+
+def _sd15(side):
+    return {"down": [s for _, s in skip_shapes("sd15", (1, 4, side, side))], "mid": mid_shape("sd15", (1, 4, side, side))[1]}
 
 
 def test_shapes_reference_passes_and_is_what_the_model_gives():
     answer = reference_residual_shapes()
-    assert len(answer["down"]) == 12 and answer["down"][0] == (1, 320, 96, 96) and answer["mid"] == (1, 1280, 12, 12)
+    assert answer == {"down": DOWN, "mid": MID}
+    # SDXL: three down blocks, no downsampler after the last, so 9 skips (not SD 1.5's 12) and a 32×32 lowest level
+    assert len(answer["down"]) == 9 and answer["down"][0] == (1, 320, 128, 128) and answer["down"][-1] == (1, 1280, 32, 32)
+    assert answer["mid"] == (1, 1280, 32, 32)
+    assert sum("downsamplers" in n for n in NAMES) == 2 and NAMES[1] == "down_blocks.0.resnets.0"
     fb = check_residual_shapes(answer)
     assert fb.passed and fb.status == "passed", str(fb)
     # lists instead of tuples, torch.Size too
@@ -23,40 +44,95 @@ def test_shapes_reference_passes_and_is_what_the_model_gives():
     assert fb.passed, str(fb)
 
 
-def test_shapes_stub_is_not_attempted():
-    fb = check_residual_shapes({"down": [None] * 12, "mid": None})
-    assert fb.status == "not attempted" and "not attempted yet" in str(fb)
+@pytest.mark.parametrize("stub", [{"down": [], "mid": None}, {"down": [None] * 9, "mid": None}])
+def test_shapes_stub_is_not_attempted(stub):
+    fb = check_residual_shapes(stub)
+    text = str(fb)
+    assert fb.status == "not attempted" and "not attempted yet" in text
+    # the stub's feedback does not give the number of skips away
+    assert not {"9", "12"} & _numbers(text), text
 
 
-def test_shapes_typical_mistakes():
-    ref = reference_residual_shapes()
-    # the 64x64 latent's shapes
-    fb = check_residual_shapes(reference_residual_shapes((1, 4, 64, 64)))
-    assert not fb and "64×64 latent" in _hints(fb)
-    # pixel sizes
-    pixels = {"down": [(b, c, 8 * h, 8 * w) for b, c, h, w in ref["down"]], "mid": ref["mid"]}
-    assert "in pixels" in _hints(check_residual_shapes(pixels))
-    # downsampler skips with the next level's channels
-    names = [n for n, _ in skip_shapes("sd15", (1, 4, 96, 96))]
-    shifted = [(s[0], ref["down"][i + 1][1], s[2], s[3]) if "downsamplers" in names[i] else s
-               for i, s in enumerate(ref["down"])]
-    assert "keeps the channels" in _hints(check_residual_shapes({"down": shifted, "mid": ref["mid"]}))
-    # no downsampler skips: 9
-    nine = [s for s, n in zip(ref["down"], names) if "downsamplers" not in n]
-    fb = check_residual_shapes({"down": nine, "mid": ref["mid"]})
-    assert not fb and "downsamplers' outputs are missing" in _hints(fb)
-    # the mid block one level too deep
-    fb = check_residual_shapes({"down": ref["down"], "mid": (1, 1280, 6, 6)})
-    assert not fb and "One level too deep" in _hints(fb) and len(fb.failed()) == 1
-    # no batch axis
-    assert "batch axis" in _hints(check_residual_shapes({"down": [s[1:] for s in ref["down"]], "mid": ref["mid"]}))
+def test_shapes_partly_filled_is_an_attempt():
+    fb = check_residual_shapes({"down": [], "mid": MID})
+    assert fb.status == "failed" and "How to count" in _hints(fb)
+
+
+def _without(shapes, *names):
+    return [s for s, n in zip(shapes, NAMES) if n not in names]
+
+
+def _deeper(shape):
+    b, c, h, w = shape
+    return (b, c, h // 2, w // 2)
+
+
+DOWNSAMPLERS = [n for n in NAMES if "downsamplers" in n]
+MISTAKES = {
+    # the chapter's 64×64 table doubled = SD 1.5 at 128×128: 12 skips, mid at 16×16
+    "SD 1.5 at 128": (_sd15(128), "SD 1.5's 12 skips at a 128×128 latent"),
+    "the chapter's table as printed": (_sd15(64), "section 7.2's table"),
+    "the old exercise, SD 1.5 at 96": (_sd15(96), "SD 1.5's shapes at a 96×96 latent"),
+    "SD 1.5's count, other shapes": ({"down": DOWN + DOWN[-3:], "mid": MID}, "12 is SD 1.5's number"),
+    "SDXL at 64": ({"down": [s for _, s in skip_shapes("sdxl", (1, 4, 64, 64))], "mid": MID}, "sizes for a 64×64 latent"),
+    "pixel sizes": ({"down": [(b, c, 8 * h, 8 * w) for b, c, h, w in DOWN], "mid": MID}, "in pixels"),
+    "next level's channels": ({"down": [(s[0], DOWN[i + 1][1], *s[2:]) if "downsamplers" in NAMES[i] else s
+                                        for i, s in enumerate(DOWN)], "mid": MID}, "keeps the channels"),
+    "downsamplers forgotten": ({"down": _without(DOWN, *DOWNSAMPLERS), "mid": MID}, "downsamplers' outputs are missing"),
+    "only the ResNets": ({"down": _without(DOWN, "conv_in", *DOWNSAMPLERS), "mid": MID}, "Only the blocks' ResNet"),
+    "conv_in forgotten": ({"down": DOWN[1:], "mid": MID}, "conv_in's output is missing"),
+    "one downsampler forgotten": ({"down": _without(DOWN, "down_blocks.1.downsamplers.0"), "mid": MID},
+                                  "down_blocks.1.downsamplers.0's output is missing"),
+    "a downsampler after the last block": ({"down": DOWN + [_deeper(DOWN[-1])], "mid": MID}, "One skip too many, at 16×16"),
+    "the mid block counted": ({"down": DOWN + [MID], "mid": MID}, "its residual goes under 'mid'"),
+    "conv_in forgotten and a downsampler too many": ({"down": DOWN[1:] + [_deeper(DOWN[-1])], "mid": MID},
+                                                      "count happens to be right"),
+    "the up path's order": ({"down": DOWN[::-1], "mid": MID}, "the order the up path takes them in"),
+    "no batch axis": ({"down": [s[1:] for s in DOWN], "mid": MID}, "Include the batch axis"),
+    "batch 2": ({"down": [(2, *s[1:]) for s in DOWN], "mid": MID}, "The batch is B = 1"),
+    "an odd count": ({"down": DOWN[:4], "mid": MID}, "How to count"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISTAKES))
+def test_shapes_typical_mistakes_get_their_hint(name):
+    answer, hint = MISTAKES[name]
+    fb = check_residual_shapes(answer)
+    assert fb.status == "failed" and hint in _hints(fb), str(fb)
+    # a wrong count is not answered with the expected count
+    count = [c for c in fb.checks if c.what_en.startswith("number of residuals")]
+    assert count and all("9" not in _numbers(c.what_en + c.hint_en) for c in count if not c.passed), str(fb)
+
+
+def test_shapes_each_mistake_has_its_own_hint():
+    # no mistake falls through to another's hint (the hints are told apart, not all the generic one)
+    hints = [_hints(check_residual_shapes(answer)) for answer, _ in MISTAKES.values()]
+    assert len(set(hints)) == len(hints)
+
+
+@pytest.mark.parametrize("mid, hint", [
+    (_deeper(MID), "One level too deep"),
+    ((1, 1280, 256, 256), "pixel sizes"),
+    ((1, 640, 32, 32), "the channels are the last down block's"),
+    (MID[1:], "Include the batch axis"),
+    (None, "tuple of four ints"),
+    ((1, 1280, 8, 8), "the lowest level's shape"),
+])
+def test_shapes_mid_mistakes(mid, hint):
+    fb = check_residual_shapes({"down": DOWN, "mid": mid})
+    # only the mid check fails
+    assert not fb and len(fb.failed()) == 1 and hint in _hints(fb), str(fb)
 
 
 def test_shapes_bad_answers_never_raise():
-    for answer in (None, 3, "shapes", {"down": 5, "mid": None}, {"down": [1, 2], "mid": "x"}, {"skips": []}):
+    for answer in (None, 3, "shapes", {"down": 5, "mid": None}, {"down": [1, 2], "mid": "x"}, {"skips": []},
+                   {1: 2, (3,): 4}, {"down": [(1, 320, -4, -4)] * 9, "mid": (1, 2)},
+                   {"down": [(1, 320, 10 ** 12, 10 ** 12)] * 12, "mid": None}, {"down": [(True, 1, 2, 3)], "mid": None},
+                   {"down": [()] * 9, "mid": ()}, {"down": [(1, 2, 3, 4, 5)] * 9, "mid": (1, 2, 3, 4, 5)},
+                   {"down": ["abcd"] * 9, "mid": "abcd"}, {"down": [torch.zeros(4)] * 9, "mid": torch.zeros(4)}):
         fb = check_residual_shapes(answer)
         assert not fb
-        str(fb)
+        assert "error while checking" not in str(fb), str(fb)
 
 
 # --- 7.2 ----------------------------------------------------------------------------------------------

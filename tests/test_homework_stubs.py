@@ -156,9 +156,11 @@ def my_ddim_step(x_t, v, alpha_bar_t, alpha_bar_prev):
     return x_t
 ''', "check_ddim_step(my_ddim_step)"),
     "check_residual_shapes": ("07_controlnet_adapters.ipynb", '''
+from unetlab.homework import check_residual_shapes
+
 residual_shapes = {
-    "down": [None] * 12,
-    "mid": None,
+    "down": [],     # the shapes (B, C, H, W) in skip order, conv_in's first — how many are there?
+    "mid": None,    # the mid residual's shape
 }
 ''', "check_residual_shapes(residual_shapes)"),
     "check_add_at_skip": ("07_controlnet_adapters.ipynb", '''

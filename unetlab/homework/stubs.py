@@ -33,6 +33,9 @@ checker, its notebook stub, and when the answer counts as "not attempted":
 * ``check_negative_prompt`` — ``raise NotImplementedError``: the function raises it.
 * ``check_ddim_sigma`` — ``return torch.zeros(())``: σ = 0 at η = 1 and at η = 0.5 (it ignores η), or
   blank, or ``NotImplementedError``.
+* ``check_residual_shapes`` — ``{"down": [], "mid": None}`` (the stub does not give the number of skips
+  away): the dict is blank (an empty list, or shapes that are all ``None``, and ``mid`` ``None``).
+* ``check_add_at_skip`` — ``raise NotImplementedError``: the function raises it (or returns a blank).
 
 "Blank" (:func:`is_blank`) is ``None``, ``...``, an empty container, or a container whose every
 value is blank. ``NotImplementedError`` is the Python convention for "not written yet", so every
