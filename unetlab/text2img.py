@@ -243,7 +243,7 @@ def build_text2img(config: dict | None = None) -> TextToImage:
 
 
 #: weight of the grounding loss (see :func:`grounding_loss`) next to the noise-prediction loss
-GROUNDING_WEIGHT = 0.1
+GROUNDING_WEIGHT = 0.3
 
 #: extra weight of the object's pixels in the noise-prediction loss (see :func:`object_weight`)
 OBJECT_WEIGHT = 8.0
