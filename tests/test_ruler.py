@@ -98,6 +98,13 @@ def test_wilson_interval():
     assert low == 0.0 and 0.25 < high < 0.35
     low, high = wilson_interval(96, 96)
     assert high == 1.0 and 0.95 < low < 0.97
+    # all or none right: the interval reaches exactly 1 (or 0) and contains the rate, whatever n
+    # (the formula alone rounds to 0.9999999999999999 at n = 128)
+    for n in range(1, 300):
+        assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
+        for k in (1, n // 2, n - 1):
+            low, high = wilson_interval(k, n)
+            assert low <= k / n <= high
     # the textbook example: 81 of 263 -> (0.2553, 0.3662)
     low, high = wilson_interval(81, 263)
     assert math.isclose(low, 0.2553, abs_tol=1e-3) and math.isclose(high, 0.3662, abs_tol=1e-3)

@@ -285,7 +285,10 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     denom = 1 + z**2 / n
     centre = (p + z**2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # k = 0 and k = n give exactly 0 and 1 (the formula can round a hair inside them, e.g. 0.9999999999999999 at n = 128)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def score_readings(readings: Sequence[Reading], labels: Sequence[ShapeLabel]) -> dict:
