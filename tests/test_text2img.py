@@ -13,17 +13,17 @@ from unetlab.text2img import (
 from unetlab.train import get_recipe
 
 # Rates on the shipped checkpoint over N_CAPTIONS held-out captions x SAMPLE_SEEDS (guidance s = 3, 25 DDIM
-# steps, trailing timesteps), read by unetlab.ruler. Measured 2026-11-29 on 192 images: colour, shape, size and
-# exactly one object 192/192, position 190/192 = 0.990, all right with one object 190/192 = 0.990; shape-word IoU
-# 0.579 (64 images); background residual RMS 0.037, brightest channel 0.213 on average (48 images; training:
-# <= 0.35, a clean gradient 0.0002). FLOORS sit a little below what was measured and at or above issue 12's
-# targets (ISSUE_TARGETS); the IoU target, not reached, is a strict xfail (it fails once a retrained checkpoint
-# reaches it: then raise MIN_IOU).
+# steps, trailing timesteps), read by unetlab.ruler. Measured 2026-11-29 on 192 images (grounding weight 0.3):
+# colour, position, size and exactly one object 192/192; shape 173/192 = 0.901 (diamonds and squares drawn round 17
+# times, circles read as squares twice), all right with one object 0.901; shape-word IoU 0.629 (64 images; 0.622 on
+# the next 64); background residual RMS 0.043, brightest channel 0.229 on average (training: <= 0.35, a clean
+# gradient 0.0002). FLOORS sit a little below what was measured and at or above issue 12's targets (ISSUE_TARGETS):
+# shape and all-right-with-one-object have almost no margin (see unetlab.text2img: stronger grounding costs shape).
 N_CAPTIONS = 96
 SAMPLE_SEEDS = (0, 1)
-FLOORS = {"colour": 0.97, "shape": 0.95, "position": 0.95, "size": 0.95, "one_object": 0.97, "all_one": 0.93}
+FLOORS = {"colour": 0.97, "shape": 0.90, "position": 0.95, "size": 0.95, "one_object": 0.97, "all_one": 0.88}
 ISSUE_TARGETS = {"colour": 0.97, "shape": 0.90, "position": 0.90, "size": 0.90, "one_object": 0.95, "all_one": 0.85}
-MIN_IOU = 0.55
+MIN_IOU = 0.61
 ISSUE_MIN_IOU = 0.6
 MAX_BACKGROUND_RMS = 0.05
 # the recipe without the grounding loss: measured IoU 0.111 on the same 64 images (its maps do not localise)
@@ -350,12 +350,7 @@ def shipped_iou(shipped):
 
 def test_shipped_attention_iou(shipped_iou):
     assert len(shipped_iou["ious"]) == 64
-    assert shipped_iou["mean_iou"] >= MIN_IOU, shipped_iou["mean_iou"]
-
-
-@pytest.mark.xfail(strict=True, reason="issue 12's shape-word IoU target 0.6: measured 0.579")
-def test_shipped_attention_iou_reaches_issue_target(shipped_iou):
-    assert shipped_iou["mean_iou"] >= ISSUE_MIN_IOU, shipped_iou["mean_iou"]
+    assert shipped_iou["mean_iou"] >= max(MIN_IOU, ISSUE_MIN_IOU), shipped_iou["mean_iou"]
 
 
 def test_nogrounding_checkpoint_iou():

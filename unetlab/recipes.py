@@ -206,16 +206,20 @@ def _text2img_eps_recipe() -> Recipe:
     config = {"unet": base.config["unet"], "text": base.config["text"]}
     return dataclasses.replace(
         base, name="text2img-eps", config=config, schedule=NoiseSchedule(), ema_decay=None, fused_optimizer=False,
-        steps=1700, loss_fn=functools.partial(text2img.text2img_loss, object_by_signal=False, min_snr_gamma=None),
+        # grounding weight 0.1 pinned: the shipped file was trained with it, before the default became 0.3
+        steps=1700, loss_fn=functools.partial(text2img.text2img_loss, object_by_signal=False, min_snr_gamma=None,
+                                              grounding_weight=EPS_GROUNDING_WEIGHT),
         description="chapter 6's first model: word-level text encoder + small SDUNet on 32x32 captioned shapes, "
                     "eps-prediction on SD's noise schedule (signal leak), no EMA, caption dropout 10 %, object pixels "
-                    f"weighted x{1 + text2img.OBJECT_WEIGHT:g}, grounding loss",
+                    f"weighted x{1 + text2img.OBJECT_WEIGHT:g}, grounding loss weight {EPS_GROUNDING_WEIGHT:g}",
     )
 
 
 #: optimiser steps and EMA decay of the text-to-image recipes
 TEXT2IMG_STEPS = 1700
 TEXT2IMG_EMA_DECAY = 0.995
+#: grounding-loss weight of ``text2img-eps`` (the shipped text2img uses :data:`unetlab.text2img.GROUNDING_WEIGHT`)
+EPS_GROUNDING_WEIGHT = 0.1
 
 
 for _recipe in _simple_recipes():
