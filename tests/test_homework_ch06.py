@@ -80,11 +80,105 @@ def test_ddim_step_equals_the_sampler_of_the_retrained_model():
 
 
 def test_ddim_bad_answers_never_raise():
+    import functools
+
+    class Obj:
+        def __call__(self, x, e, a, p):
+            return (x, x)
+
     for answer in (None, lambda x, e, a, p: None, lambda x, e, a, p: x[:1], lambda x: x,
-                   lambda x, e, a, p: torch.zeros(3)):
+                   lambda x, e, a, p: torch.zeros(3), lambda x, e, a, p: (x, e), lambda x, e, a, p: [],
+                   lambda x, e, a, p: ("x", 1), lambda x, e, a, p: 1 / 0, lambda x, e, a, p: x.to(torch.complex64),
+                   lambda x, e, a, p: x.long(), lambda x, e, a, p: x + float("nan"), Obj(),
+                   functools.partial(lambda k, x, e, a, p: x * k, 2.0), print, torch.add):
         fb = check_ddim_step(answer)
         assert not fb
         str(fb)
+
+
+def test_ddim_reference_in_float64_passes():
+    fb = check_ddim_step(lambda x, v, a, p: reference_ddim_step(x.double(), v.double(), a.double(), p.double()))
+    assert fb.passed, str(fb)
+
+
+def test_ddim_tuple_like_sampler_step_gets_its_own_hint():
+    def like_step(x, v, a, p):
+        x0 = a.sqrt() * x - (1 - a).sqrt() * v
+        return reference_ddim_step(x, v, a, p), x0
+
+    fb = check_ddim_step(like_step)
+    assert not fb and fb.status == "failed", str(fb)
+    assert "Return x_prev alone (one tensor), not a (x_prev, x0) tuple like sampler.step." in _hints(fb)
+    assert "只返回 x_prev（一个张量），不要像 sampler.step 那样返回 (x_prev, x0) 元组。" in str(fb)
+    assert "first element is the right x_prev" in str(fb)
+    # not the guidance exercises' hint
+    assert "two predictions" not in str(fb)
+    fb = check_ddim_step(lambda x, v, a, p: [x * 2, x])
+    assert "not a (x_prev, x0) tuple" in _hints(fb) and "first element is the right" not in str(fb)
+
+
+def test_ddim_other_non_tensors_and_shapes_get_ddim_hints():
+    assert "one tensor of x_t's shape" in _hints(check_ddim_step(lambda x, v, a, p: 3.0))
+    fb = check_ddim_step(lambda x, v, a, p: reference_ddim_step(x, v, a, p).mean(0))
+    assert "every element takes its own step" in _hints(fb) and "two halves" not in str(fb)
+
+
+def test_ddim_unrecognised_mistake_gets_a_self_test_not_the_solution():
+    # x0 right, eps with a wrong coefficient: none of the named slips
+    def wrong_eps(x, v, a, p):
+        x0 = a.sqrt() * x - (1 - a).sqrt() * v
+        eps = x + a.sqrt() * v
+        return p.sqrt() * x0 + (1 - p).sqrt() * eps
+
+    fb = check_ddim_step(wrong_eps)
+    hints = _hints(fb)
+    assert "Put your x̂0 and ε̂ back into x_t = √ā·x0 + √(1−ā)·ε and v = √ā·ε − √(1−ā)·x0: do both hold?" in hints
+    assert "把你的 x̂0、ε̂ 代回 x_t = √ā·x0 + √(1−ā)·ε 和 v = √ā·ε − √(1−ā)·x0，两个等式都成立吗？" in str(fb)
+    # the closed form of x0 and ε is not given away
+    for solution in ("x0 = √ā_t·x_t", "√(1−ā_t)·x_t + √ā_t·v", "ε = √(1−ā"):
+        assert solution not in str(fb), str(fb)
+
+
+def test_ddim_v_flipped_in_x0_only_at_t999_asks_about_zero_snr():
+    # at ā = 0 this cannot be told from "v flipped everywhere" or "the two ā swapped": no sign hint there
+    def flipped_in_x0(x, v, a, p):
+        x0 = a.sqrt() * x + (1 - a).sqrt() * v
+        eps = (1 - a).sqrt() * x + a.sqrt() * v
+        return p.sqrt() * x0 + (1 - p).sqrt() * eps
+
+    fb = check_ddim_step(flipped_in_x0)
+    first = next(c for c in fb.checks if "t = 999" in c.what_en)
+    assert not first.passed
+    assert first.hint_en == "At t = 999, ā = 0: x̂0 must be −v and ε̂ must be x_t. Check what your x̂0 and ε̂ are at ā = 0."
+    assert first.hint_zh == "t = 999 时 ā = 0：x̂0 应等于 −v，ε̂ 应等于 x_t。检查你的 x̂0 和 ε̂ 在 ā = 0 时各是什么。"
+    assert "sign of v" not in _hints(fb), str(fb)
+
+
+def test_ddim_sign_hint_only_where_it_is_right():
+    flipped = lambda x, v, a, p: reference_ddim_step(x, -v, a, p)  # noqa: E731
+    swapped = lambda x, v, a, p: reference_ddim_step(x, v, p, a)  # noqa: E731
+    for answer in (flipped, swapped):
+        fb = check_ddim_step(answer)
+        by_t = {c.what_en.split(" → ")[0].split("t = ")[1]: c for c in fb.checks if "t = " in c.what_en}
+        assert "x̂0 must be −v" in by_t["999"].hint_en and "sign of v" not in by_t["999"].hint_en, str(fb)
+        assert "sign of v" in by_t["479"].hint_en and "sign of v" in by_t["39"].hint_en, str(fb)
+
+
+def test_ddim_nan_at_t999_keeps_the_division_hint():
+    # v flipped, and a division by √ā_t: nan at t = 999, where the finite part would get the ā = 0 hint
+    fb = check_ddim_step(lambda x, v, a, p: reference_ddim_step(x, -v, a, p) + 0 * x / a.sqrt())
+    first = next(c for c in fb.checks if "t = 999" in c.what_en)
+    assert "dividing by √ā_t" in first.hint_en and "x̂0 must be −v" not in first.hint_en, str(fb)
+
+
+def test_ddim_stub_is_not_attempted_and_its_hint_gives_equations_only():
+    def my_ddim_step(x_t, v, alpha_bar_t, alpha_bar_prev):
+        # TODO: 你的代码 | your code
+        return x_t
+
+    fb = check_ddim_step(my_ddim_step)
+    assert fb.status == "not attempted" and not fb, str(fb)
+    assert "x0 = √ā_t·x_t" not in str(fb) and "√(1−ā_t)·x_t + √ā_t·v" not in str(fb)
 
 
 # --- 6.3 a negative prompt ---------------------------------------------------------------------------------------

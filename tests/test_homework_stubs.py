@@ -287,15 +287,102 @@ def test_ddim_typical_mistakes_are_attempts_with_their_diagnosis(answer, hint):
     assert fb.status == "failed" and hint in _hints(fb), str(fb)
 
 
-def test_ddim_with_alpha_bar_t_twice_is_told_apart_from_nothing_only_by_the_hint():
-    # ā_t in both lines gives x_t back: the same output as the stub, so the stub's hint names this case
-    def twice(x, v, a, p):
-        x0 = a.sqrt() * x - (1 - a).sqrt() * v
-        eps = (1 - a).sqrt() * x + a.sqrt() * v
-        return a.sqrt() * x0 + (1 - a).sqrt() * eps
+def _twice(x, v, a, p):
+    # ā_t in both lines: the step gives x_t back exactly, the same output as the stub
+    x0 = a.sqrt() * x - (1 - a).sqrt() * v
+    eps = (1 - a).sqrt() * x + a.sqrt() * v
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
-    fb = check_ddim_step(twice)
-    assert fb.status == NOT_ATTEMPTED and "ā_t in the second line as well gives x_t back" in _hints(fb)
+
+def test_ddim_with_alpha_bar_t_twice_is_an_attempt_told_apart_by_its_source():
+    fb = check_ddim_step(_twice)
+    assert fb.status == "failed" and not any(c.stub for c in fb.checks), str(fb)
+    wrong = fb.failed()
+    assert len(wrong) == 3, str(fb)  # every case, each with the diagnosis
+    assert all("equals x_t exactly: your second line uses ā_t" in c.detail_en for c in wrong), str(fb)
+    assert all("第二行用了 ā_t" in c.detail_zh and "ā_prev" in c.hint_zh for c in wrong), str(fb)
+    assert "It must use ā_prev to move to the previous timestep." in _hints(fb)
+
+
+def test_ddim_with_alpha_bar_t_twice_in_one_expression_is_an_attempt():
+    fb = check_ddim_step(lambda x, v, a, p: a.sqrt() * (a.sqrt() * x - (1 - a).sqrt() * v)
+                         + (1 - a).sqrt() * ((1 - a).sqrt() * x + a.sqrt() * v))
+    assert fb.status == "failed" and "your second line uses ā_t" in str(fb), str(fb)
+
+
+def test_ddim_computing_x_prev_but_returning_x_t_is_an_attempt():
+    def forgot(x_t, v, alpha_bar_t, alpha_bar_prev):
+        x0 = alpha_bar_t.sqrt() * x_t - (1 - alpha_bar_t).sqrt() * v
+        eps = (1 - alpha_bar_t).sqrt() * x_t + alpha_bar_t.sqrt() * v
+        x_prev = alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev).sqrt() * eps  # noqa: F841
+        return x_t
+
+    fb = check_ddim_step(forgot)
+    assert fb.status == "failed" and "Return the x_prev you computed" in _hints(fb), str(fb)
+
+
+def _ddim_stub_hint(fb) -> str:
+    return " ".join(c.hint_en for c in fb.checks if c.stub)
+
+
+def test_ddim_stub_with_docstring_and_comments_is_not_attempted():
+    def my_ddim_step(x_t, v, alpha_bar_t, alpha_bar_prev):
+        """One DDIM step."""
+        # TODO: 你的代码 | your code
+        pass
+        return x_t  # not yet
+
+    fb = check_ddim_step(my_ddim_step)
+    assert fb.status == NOT_ATTEMPTED, str(fb)
+    # the source shows it is the stub: the hint does not need to name the ā_t case
+    assert "ā_prev" in _ddim_stub_hint(fb) and "If you did" not in _ddim_stub_hint(fb)
+    # it gives the two equations, not their solution
+    assert "x0 = √ā_t·x_t" not in str(fb) and "v = √ā·ε − √(1−ā)·x0" in _ddim_stub_hint(fb)
+
+
+def test_ddim_stub_as_a_lambda_is_not_attempted():
+    # a lambda's source is the line it stands on; its body is only its first parameter
+    fb = check_ddim_step(lambda x, v, a, p: x)
+    assert fb.status == NOT_ATTEMPTED and "If you did" not in _ddim_stub_hint(fb), str(fb)
+
+
+def test_ddim_stub_as_in_jupyter_has_its_source_and_is_not_attempted():
+    # IPython puts each cell's code into linecache, so inspect.getsource finds the notebook's stub
+    import linecache
+
+    code = STUBS["check_ddim_step"][1]
+    filename = "<ipython-input-ddim-stub-test>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    try:
+        ns = _namespace()
+        exec(compile(code, filename, "exec"), ns)
+        fb = check_ddim_step(ns["my_ddim_step"])
+    finally:
+        del linecache.cache[filename]
+    assert fb.status == NOT_ATTEMPTED and "If you did" not in _ddim_stub_hint(fb), str(fb)
+
+
+def test_ddim_without_source_the_output_decides():
+    # exec without linecache (how run_stub runs the notebook's stub): no source, x_t back means the stub,
+    # and the stub's hint names the ā_t case
+    import inspect
+
+    ns = {}
+    exec(compile(inspect.getsource(_twice), "<no source>", "exec"), ns)
+    fb = check_ddim_step(ns["_twice"])
+    assert fb.status == NOT_ATTEMPTED and "second line uses ā_t too" in _ddim_stub_hint(fb), str(fb)
+    assert check_ddim_step(STUB_LIKE_OBJECT).status == NOT_ATTEMPTED
+    assert "second line uses ā_t too" in _ddim_stub_hint(run_stub("check_ddim_step"))
+
+
+class _GivesXBack:
+    """A callable object: inspect.getsource raises TypeError on it."""
+
+    def __call__(self, x_t, v, alpha_bar_t, alpha_bar_prev):
+        return x_t
+
+
+STUB_LIKE_OBJECT = _GivesXBack()
 
 
 @pytest.mark.parametrize("checker, reference", [(check_guidance, reference_guidance), (check_ddim_step, reference_ddim_step)])

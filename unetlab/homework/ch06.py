@@ -12,9 +12,15 @@
   schedule and any division by √ā fails. Compared with :func:`unetlab.samplers.ddim_step` (``eta = 0``).
   Hints: v taken for ε (6.3's lines); the sign of v flipped or the two ``alpha_bar`` swapped (one hint: with
   √ā = cos φ, the step turns (x_t, v) by the angle φ_t − φ_prev, and either slip turns it the other way, so
-  they give the same output); the noise direction missing; nan/inf from dividing by √ā_999. The notebook's
-  stub, ``return x_t``, is "not attempted yet" (so is ``alpha_bar_t`` used in both lines, which gives ``x_t``
-  back exactly: the hint says so).
+  they give the same output) — except at t = 999, where ā = 0 makes x0 = −v and ε = x_t whatever the signs
+  (a v flipped in x0 alone gives the same step there), so the hint asks what x̂0 and ε̂ are at ā = 0; the
+  noise direction missing; nan/inf from dividing by √ā_999; a tuple ``(x_prev, x0)`` like ``sampler.step``'s
+  (return x_prev alone); x_t given back exactly by an attempt (ā_t in the second line, or ``return x_t``
+  after computing x_prev). Any other wrong step gets a self-test, not the solution: put x̂0 and ε̂ back into
+  the two equations. The notebook's stub, ``return x_t``, is "not attempted yet": x_t back in every case
+  and, read with ``inspect.getsource`` and ``ast``, a body that is only ``return x_t`` (docstring and
+  comments aside; a lambda ``lambda x, v, a, p: x`` too). Where Python has no source (a function made by
+  ``exec``, a callable object) the output alone decides, and the stub's hint also names the ā_t case.
 * :func:`check_negative_prompt` — the learner writes ``fn(unet, x_t, t, context, negative_context, s)``:
   classifier-free guidance whose unconditional half is the negative caption's context (diffusers'
   ``negative_prompt``), one UNet call on the doubled batch; compared with
@@ -32,6 +38,7 @@ Every checker returns a :class:`~unetlab.homework.feedback.Feedback` and never r
 """
 from __future__ import annotations
 
+import ast
 from typing import Callable
 
 import torch
@@ -43,7 +50,7 @@ from ..schedule import NoiseSchedule
 from .answers import function_check, tensors_close
 from .exercises import exercise
 from .feedback import Check, Feedback, describe_exception, run_checks
-from .stubs import call_answer, returns_unchanged, stub_check
+from .stubs import answer_node, body_statements, call_answer, returns_unchanged, stub_check
 
 __all__ = ["check_guidance", "check_ddim_step", "check_negative_prompt", "check_ddim_sigma",
            "reference_guidance", "reference_ddim_step", "reference_negative_prompt", "reference_ddim_sigma",
@@ -59,32 +66,33 @@ def reference_guidance(eps_uncond: torch.Tensor, eps_text: torch.Tensor, guidanc
     return eps_uncond + guidance_scale * (eps_text - eps_uncond)
 
 
-def reference_ddim_step(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t, alpha_bar_prev) -> torch.Tensor:
-    """The answer: ``x0 = (x_t − √(1−ā_t) ε) / √ā_t``, then ``x_prev = √ā_prev x0 + √(1−ā_prev) ε``."""
-    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=x_t.dtype)
-    alpha_bar_prev = torch.as_tensor(alpha_bar_prev, dtype=x_t.dtype)
-    x0 = (x_t - (1 - alpha_bar_t).sqrt() * eps) / alpha_bar_t.sqrt()
-    return alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev).sqrt() * eps
-
-
 def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
 
 
-def _is_tensor_like(out, like: torch.Tensor) -> Check | None:
-    """A failed Check when ``out`` is not a tensor of ``like``'s shape, else None."""
+_GUIDANCE_TYPE_HINT = ("用张量运算（+、−、*）组合两个预测，直接 return 结果。",
+                       "Combine the two predictions with tensor arithmetic (+, −, *) and return the result.")
+_GUIDANCE_SHAPE_HINT = ("不要在这里 cat 或 chunk：输入已经是拆开的两半。",
+                        "No cat or chunk here: the inputs are already the two halves.")
+
+
+def _is_tensor_like(out, like: torch.Tensor, type_hint: tuple[str, str] = _GUIDANCE_TYPE_HINT,
+                    shape_hint: tuple[str, str] = _GUIDANCE_SHAPE_HINT) -> Check | None:
+    """A failed Check when ``out`` is not a tensor of ``like``'s shape, else None.
+
+    ``type_hint`` / ``shape_hint`` (zh, en): what to do when it is not a tensor / has another shape; the
+    defaults are the guidance exercises' (two noise predictions combined).
+    """
     if not isinstance(out, torch.Tensor):
         return Check("返回张量", "returns a tensor", False,
                      detail_zh=f"返回的是 {type(out).__name__}。", detail_en=f"got a {type(out).__name__}.",
-                     hint_zh="用张量运算（+、−、*）组合两个预测，直接 return 结果。",
-                     hint_en="Combine the two predictions with tensor arithmetic (+, −, *) and return the result.")
+                     hint_zh=type_hint[0], hint_en=type_hint[1])
     if out.shape != like.shape:
         return Check("形状与输入相同", "same shape as the inputs", False,
                      detail_zh=f"得到 {tuple(out.shape)}，应为 {tuple(like.shape)}。",
                      detail_en=f"got {tuple(out.shape)}, expected {tuple(like.shape)}.",
-                     hint_zh="不要在这里 cat 或 chunk：输入已经是拆开的两半。",
-                     hint_en="No cat or chunk here: the inputs are already the two halves.")
+                     hint_zh=shape_hint[0], hint_en=shape_hint[1])
     return None
 
 
@@ -264,7 +272,47 @@ def _ddim_case_inputs(t: int, prev_t: int):
     return x_t, v, schedule.alphas_cumprod[t], a_prev
 
 
-def _ddim_case(fn: Callable, t: int, prev_t: int) -> Check:
+#: at t = 999 (ā_t = 0) x0 = −v and ε = x_t whatever the learner's signs were: a v flipped in x0 alone, a v
+#: flipped everywhere and the two ā swapped all give the same step there, so the hint asks about ā = 0 itself
+_ZERO_SNR_HINT = ("t = 999 时 ā = 0：x̂0 应等于 −v，ε̂ 应等于 x_t。检查你的 x̂0 和 ε̂ 在 ā = 0 时各是什么。",
+                  "At t = 999, ā = 0: x̂0 must be −v and ε̂ must be x_t. Check what your x̂0 and ε̂ are at ā = 0.")
+
+#: any other wrong step: a self-test first (the two equations, not their solution)
+_DDIM_SELF_TEST_HINT = (
+    "把你的 x̂0、ε̂ 代回 x_t = √ā·x0 + √(1−ā)·ε 和 v = √ā·ε − √(1−ā)·x0，两个等式都成立吗？"
+    "都成立的话，再看第二行：x_prev = √ā_prev·x̂0 + √(1−ā_prev)·ε̂。",
+    "Put your x̂0 and ε̂ back into x_t = √ā·x0 + √(1−ā)·ε and v = √ā·ε − √(1−ā)·x0: do both hold? "
+    "If they do, look at the second line: x_prev = √ā_prev·x̂0 + √(1−ā_prev)·ε̂.")
+
+#: what to return, when the answer is not one tensor of x_t's shape
+_DDIM_TYPE_HINT = ("return x_prev：一个和 x_t 形状相同的张量。", "Return x_prev: one tensor of x_t's shape.")
+_DDIM_SHAPE_HINT = ("x_prev 和 x_t 形状相同：每个元素各走一步，不要求和、取平均或切片。",
+                    "x_prev has x_t's shape: every element takes its own step; no sum, mean or slicing.")
+
+
+def _ddim_is_tensor_like(out, x_t: torch.Tensor, ref: torch.Tensor) -> Check | None:
+    """:func:`_is_tensor_like` for a DDIM step: a tuple or list (``sampler.step`` returns ``(x_prev, x0)``)
+    gets its own check."""
+    if isinstance(out, (tuple, list)):
+        first_right = (len(out) > 0 and isinstance(out[0], torch.Tensor) and not out[0].is_complex()
+                       and out[0].shape == ref.shape
+                       and bool(torch.allclose(out[0].detach().float(), ref, atol=1e-4)))
+        detail_zh = f"返回的是含 {len(out)} 个元素的 {type(out).__name__}。"
+        detail_en = f"got a {type(out).__name__} of {len(out)}."
+        if first_right:
+            detail_zh += "第一个元素就是正确的 x_prev。"
+            detail_en += " Its first element is the right x_prev."
+        return Check("只返回 x_prev", "returns x_prev alone", False, detail_zh=detail_zh, detail_en=detail_en,
+                     hint_zh="只返回 x_prev（一个张量），不要像 sampler.step 那样返回 (x_prev, x0) 元组。",
+                     hint_en="Return x_prev alone (one tensor), not a (x_prev, x0) tuple like sampler.step.")
+    if isinstance(out, torch.Tensor) and out.is_complex():
+        return Check("返回实数张量", "returns a real tensor", False, detail_zh=f"得到 {out.dtype}。",
+                     detail_en=f"got {out.dtype}.", hint_zh=_DDIM_TYPE_HINT[0], hint_en=_DDIM_TYPE_HINT[1])
+    return _is_tensor_like(out, x_t, type_hint=_DDIM_TYPE_HINT, shape_hint=_DDIM_SHAPE_HINT)
+
+
+def _ddim_case(fn: Callable, t: int, prev_t: int, unchanged: tuple[str, str, str, str]) -> Check:
+    """One case; ``unchanged`` (detail zh, en, hint zh, en) is said when the step gives ``x_t`` back exactly."""
     x_t, v, a_t, a_prev = _ddim_case_inputs(t, prev_t)
     ref, _ = ddim_step(_ddim_schedule(), v, t, x_t, prev_t, eta=0.0)
     what_zh, what_en = f"t = {t} → {prev_t} 的一步正确", f"right step t = {t} → {prev_t}"
@@ -273,16 +321,22 @@ def _ddim_case(fn: Callable, t: int, prev_t: int) -> Check:
     if prev_t < 0:
         what_zh, what_en = what_zh + "（最后一步：ā_prev = ā_0）", what_en + " (the last step: ā_prev = ā_0)"
     out = fn(x_t.clone(), v.clone(), a_t.clone(), a_prev.clone())
-    bad = _is_tensor_like(out, x_t)
+    bad = _ddim_is_tensor_like(out, x_t, ref)
     if bad is not None:
         return bad
+    out = out.detach().float()
     if torch.allclose(out, ref, atol=1e-4):
         return Check(what_zh, what_en, True, detail_zh="与 unetlab.samplers.ddim_step 一致。",
                      detail_en="matches unetlab.samplers.ddim_step.")
+    if returns_unchanged(out, x_t):
+        return Check(what_zh, what_en, False, *unchanged)
     with torch.no_grad():
         for name, (wrong, hint_zh, hint_en) in _DDIM_MISTAKES.items():
             expected = wrong(x_t, v, a_t, a_prev)
             if torch.isfinite(expected).all() and torch.allclose(out, expected, atol=1e-4):
+                if name == "sign" and t == 999:
+                    # at ā_t = 0 a v flipped in x0 alone gives this step too: the sign hint would mislead
+                    hint_zh, hint_en = _ZERO_SNR_HINT
                 return Check(what_zh, what_en, False, hint_zh=hint_zh, hint_en=hint_en)
     if not torch.isfinite(out).all():
         return Check(what_zh, what_en, False, detail_zh="结果里有 nan 或 inf。", detail_en="the result has nan or inf.",
@@ -291,15 +345,60 @@ def _ddim_case(fn: Callable, t: int, prev_t: int) -> Check:
                              "of x_t and v; no division is needed.")
     err = float((out - ref).abs().max())
     return Check(what_zh, what_en, False, detail_zh=f"最大误差 {err:.3g}。", detail_en=f"largest error {err:.3g}.",
-                 hint_zh="先解出 x0 = √ā_t·x_t − √(1−ā_t)·v 和 ε = √(1−ā_t)·x_t + √ā_t·v（代回去验算），"
-                         "再 x_prev = √ā_prev·x0 + √(1−ā_prev)·ε。",
-                 hint_en="First x0 = √ā_t·x_t − √(1−ā_t)·v and ε = √(1−ā_t)·x_t + √ā_t·v (substitute back to check), "
-                         "then x_prev = √ā_prev·x0 + √(1−ā_prev)·ε.")
+                 hint_zh=_DDIM_SELF_TEST_HINT[0], hint_en=_DDIM_SELF_TEST_HINT[1])
+
+
+_DDIM_STUB_DETAIL = ("my_ddim_step 原样返回 x_t：这还是练习给的样子。",
+                     "my_ddim_step returns x_t unchanged: that is still the exercise's stub.")
+_DDIM_STUB_HINT = ("把 x_t = √ā·x0 + √(1−ā)·ε 和 v = √ā·ε − √(1−ā)·x0（ā 是 ā_t）当成 x0、ε 的两个方程解出来，"
+                   "再用 ā_prev 走 6.3 的第二行。",
+                   "Solve x_t = √ā·x0 + √(1−ā)·ε and v = √ā·ε − √(1−ā)·x0 (ā is ā_t) as two equations for x0 and ε, "
+                   "then take 6.3's second line with ā_prev.")
+#: added where the source is not available: an attempt with ā_t in both lines does what the stub does
+_DDIM_STUB_HINT_NO_SOURCE = ("如果你已经写了：结果恰好是 x_t，说明第二行也用了 ā_t。",
+                             "If you did: x_t back exactly means your second line uses ā_t too.")
+
+#: an attempt whose step gives x_t back exactly
+_DDIM_UNCHANGED_TWICE = ("结果恰好等于 x_t：第二行用了 ā_t。", "The result equals x_t exactly: your second line uses ā_t.",
+                         "第二行要用 ā_prev，才会走到上一个时间步。",
+                         "It must use ā_prev to move to the previous timestep.")
+_DDIM_UNCHANGED_ITSELF = ("结果恰好等于 x_t：函数最后 return 的是 x_t 本身。",
+                          "The result equals x_t exactly: the function's last line returns x_t itself.",
+                          "return 你算出的 x_prev，不是 x_t。", "Return the x_prev you computed, not x_t.")
+
+
+def _only_returns_first_parameter(node) -> bool:
+    """True when the function's body is only ``return <first parameter>`` (or an expression of it alone,
+    ``x_t.clone()``): nothing computed from v or the two ā."""
+    body = body_statements(node)
+    params = [a.arg for a in node.args.args]
+    if len(body) != 1 or not isinstance(body[0], ast.Return) or body[0].value is None or not params:
+        return False
+    used = {n.id for n in ast.walk(body[0].value) if isinstance(n, ast.Name)}
+    return params[0] in used and not (used & set(params[1:]))
+
+
+def _unchanged_diagnosis(node) -> tuple[str, str, str, str]:
+    """What to say to an attempt whose step gives x_t back: it returns x_t itself (never reassigned), or its
+    second line uses ā_t (the usual way to get x_t back exactly)."""
+    body = body_statements(node)
+    params = [a.arg for a in node.args.args]
+    if params and body and isinstance(body[-1], ast.Return) and isinstance(body[-1].value, ast.Name) \
+            and body[-1].value.id == params[0]:
+        stored = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del))}
+        if params[0] not in stored:
+            return _DDIM_UNCHANGED_ITSELF
+    return _DDIM_UNCHANGED_TWICE
 
 
 def _ddim_stub(fn: Callable) -> Check | None:
-    """A stub check when ``fn`` returns ``x_t`` unchanged in every case (the notebook's ``return x_t``),
-    returns nothing or raises ``NotImplementedError``; else None."""
+    """A stub check when ``fn`` is the notebook's stub ``return x_t``, returns nothing or raises
+    ``NotImplementedError``; else None.
+
+    The stub is told apart from a real attempt that gives ``x_t`` back (ā_t in both lines) by its source:
+    ``x_t`` back in every case *and* a body that is only ``return x_t``. Where Python has no source
+    (``exec``), the output alone decides, and the hint names the ā_t case.
+    """
     unchanged = []
     for t, p in _DDIM_CASES:
         x_t, v, a_t, a_prev = _ddim_case_inputs(t, p)
@@ -309,13 +408,14 @@ def _ddim_stub(fn: Callable) -> Check | None:
                               "先由 x_t 和 v 求出 x0 和 ε，再用 ā_prev 把 x0 加噪到上一步，并 return 它。",
                               "Get x0 and ε from x_t and v, then noise x0 to the previous step with ā_prev; return it.")
         unchanged.append(returns_unchanged(outcome.value, x_t))
-    if all(unchanged):
-        return stub_check(
-            "my_ddim_step 原样返回 x_t：这还是练习给的样子。", "my_ddim_step returns x_t unchanged: that is still the exercise's stub.",
-            "把 x_t = √ā·x0 + √(1−ā)·ε 和 v = √ā·ε − √(1−ā)·x0 当成 x0、ε 的两个方程解出来，再走 6.3 的第二行。"
-            "如果你已经写了：第二行也用 ā_t 恰好会原样得到 x_t，第二行要用 ā_prev。",
-            "Solve x_t = √ā·x0 + √(1−ā)·ε and v = √ā·ε − √(1−ā)·x0 as two equations for x0 and ε, then take 6.3's "
-            "second line. If you did: ā_t in the second line as well gives x_t back exactly; it uses ā_prev.")
+    if not all(unchanged):
+        return None
+    node = answer_node(fn)
+    if node is None:
+        return stub_check(*_DDIM_STUB_DETAIL, _DDIM_STUB_HINT[0] + _DDIM_STUB_HINT_NO_SOURCE[0],
+                          _DDIM_STUB_HINT[1] + " " + _DDIM_STUB_HINT_NO_SOURCE[1])
+    if _only_returns_first_parameter(node):
+        return stub_check(*_DDIM_STUB_DETAIL, *_DDIM_STUB_HINT)
     return None
 
 
@@ -325,7 +425,8 @@ def check_ddim_step(fn: Callable) -> Feedback:
     model, against :func:`unetlab.samplers.ddim_step` on the retrained model's schedule (zero terminal SNR), at
     t = 999 (ā = 0), 479 and 39 (the last step).
 
-    The notebook's stub ``return x_t`` (``x_t`` back in every case) is "not attempted yet".
+    The notebook's stub ``return x_t`` is "not attempted yet"; a function that computes something and still
+    gives ``x_t`` back (ā_t in both lines) is an attempt, told apart by its source (see :func:`_ddim_stub`).
     """
     if callable(fn):
         stub = _ddim_stub(fn)
@@ -334,8 +435,10 @@ def check_ddim_step(fn: Callable) -> Feedback:
 
     steps = [lambda: function_check(fn, "check_ddim_step(my_ddim_step)", ("提交的是函数", "the answer is a function"))]
     if callable(fn):
+        node = answer_node(fn)
+        unchanged = _DDIM_UNCHANGED_TWICE if node is None else _unchanged_diagnosis(node)
         for t, p in _DDIM_CASES:
-            step = lambda t=t, p=p: _ddim_case(fn, t, p)  # noqa: E731
+            step = lambda t=t, p=p: _ddim_case(fn, t, p, unchanged)  # noqa: E731
             step.__name__ = f"t={t}"
             steps.append(step)
     return run_checks("一步 DDIM（v 预测）", "One DDIM step (v-prediction)", steps)
