@@ -360,3 +360,15 @@ def test_nogrounding_checkpoint_iou():
     iou = attention_iou(model, n=64)["mean_iou"]
     # what cross-attention learns without being told where the words are (measured, see data/CHECKPOINTS.md)
     assert NOGROUNDING_IOU[0] <= iou <= NOGROUNDING_IOU[1], iou
+
+
+def test_grounding_weight_of_each_recipe():
+    from unetlab.recipes import EPS_GROUNDING_WEIGHT, grounding_weight
+    from unetlab.text2img import GROUNDING_WEIGHT
+
+    # the shipped recipe uses the default; the other two pin theirs in their loss
+    assert grounding_weight("text2img") == GROUNDING_WEIGHT
+    assert grounding_weight("text2img-nogrounding") == 0.0
+    assert grounding_weight("text2img-eps") == EPS_GROUNDING_WEIGHT != GROUNDING_WEIGHT
+    with pytest.raises(ValueError):
+        grounding_weight("no-such-recipe")

@@ -48,7 +48,7 @@ import torch.nn as nn
 from .data import TRAIN_SEED, make_shapes
 from .schedule import NoiseSchedule
 
-__all__ = ["Recipe", "register_recipe", "get_recipe", "list_recipes", "shapes_batch"]
+__all__ = ["Recipe", "register_recipe", "get_recipe", "list_recipes", "shapes_batch", "grounding_weight"]
 
 
 def _default_loss(model: nn.Module, batch: dict, schedule: NoiseSchedule, generator: torch.Generator) -> torch.Tensor:
@@ -133,6 +133,17 @@ def get_recipe(name: str | Recipe) -> Recipe:
     if name not in _RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(list_recipes())}")
     return _RECIPES[name]
+
+
+def grounding_weight(name: str | Recipe) -> float:
+    """The grounding-loss weight a text-to-image recipe trains with: the ``grounding_weight`` its loss pins
+    (``text2img-eps``: :data:`EPS_GROUNDING_WEIGHT`; ``text2img-nogrounding``: 0), else the default
+    :data:`unetlab.text2img.GROUNDING_WEIGHT` that :func:`unetlab.text2img.text2img_loss` falls back on.
+    Unknown names raise as :func:`get_recipe` does."""
+    from . import text2img
+
+    pinned = getattr(get_recipe(name).loss_fn, "keywords", {}).get("grounding_weight")
+    return float(text2img.GROUNDING_WEIGHT if pinned is None else pinned)
 
 
 # --- chapter 3: SimpleUNet with and without skips ------------------------------------------------------------

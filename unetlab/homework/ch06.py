@@ -391,13 +391,14 @@ def _unchanged_diagnosis(node) -> tuple[str, str, str, str]:
     return _DDIM_UNCHANGED_TWICE
 
 
-def _ddim_stub(fn: Callable) -> Check | None:
+def _ddim_stub(fn: Callable, node) -> Check | None:
     """A stub check when ``fn`` is the notebook's stub ``return x_t``, returns nothing or raises
     ``NotImplementedError``; else None.
 
-    The stub is told apart from a real attempt that gives ``x_t`` back (ā_t in both lines) by its source:
-    ``x_t`` back in every case *and* a body that is only ``return x_t``. Where Python has no source
-    (``exec``), the output alone decides, and the hint names the ā_t case.
+    The stub is told apart from a real attempt that gives ``x_t`` back (ā_t in both lines) by its source
+    (``node``, from :func:`answer_node`): ``x_t`` back in every case *and* a body that is only ``return x_t``.
+    Where Python has no source (``node`` is None: ``exec``), the output alone decides, and the hint names the
+    ā_t case.
     """
     unchanged = []
     for t, p in _DDIM_CASES:
@@ -410,7 +411,6 @@ def _ddim_stub(fn: Callable) -> Check | None:
         unchanged.append(returns_unchanged(outcome.value, x_t))
     if not all(unchanged):
         return None
-    node = answer_node(fn)
     if node is None:
         return stub_check(*_DDIM_STUB_DETAIL, _DDIM_STUB_HINT[0] + _DDIM_STUB_HINT_NO_SOURCE[0],
                           _DDIM_STUB_HINT[1] + " " + _DDIM_STUB_HINT_NO_SOURCE[1])
@@ -428,14 +428,15 @@ def check_ddim_step(fn: Callable) -> Feedback:
     The notebook's stub ``return x_t`` is "not attempted yet"; a function that computes something and still
     gives ``x_t`` back (ā_t in both lines) is an attempt, told apart by its source (see :func:`_ddim_stub`).
     """
+    # the learner's source, read once (None without source): tells the stub from an attempt, and names the slip
+    node = answer_node(fn) if callable(fn) else None
     if callable(fn):
-        stub = _ddim_stub(fn)
+        stub = _ddim_stub(fn, node)
         if stub is not None:
             return run_checks("一步 DDIM（v 预测）", "One DDIM step (v-prediction)", [lambda: stub])
 
     steps = [lambda: function_check(fn, "check_ddim_step(my_ddim_step)", ("提交的是函数", "the answer is a function"))]
     if callable(fn):
-        node = answer_node(fn)
         unchanged = _DDIM_UNCHANGED_TWICE if node is None else _unchanged_diagnosis(node)
         for t, p in _DDIM_CASES:
             step = lambda t=t, p=p: _ddim_case(fn, t, p, unchanged)  # noqa: E731
